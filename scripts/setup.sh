@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what Troupe needs on a Debian 12 machine (as root) and is a no-op when it is all there.
+#   scripts/setup.sh          apt packages for building and testing
+#   scripts/setup.sh --ref    also the Python reference tools used to regenerate golden files
+set -euo pipefail
+
+apt_packages=(
+  cmake g++ make pkg-config git ca-certificates unzip python3 python3-pip
+  libcaf-dev                       # actors (core, io middleman, openssl)
+  libboost-dev libboost-system-dev # Asio, Beast
+  nlohmann-json3-dev               # JSON in http/ and config/
+  doctest-dev                      # unit tests
+  libpcre2-dev                     # Unicode regex for the pre-tokenizer (\p{L}, \p{N})
+  libspdlog-dev libfmt-dev         # logging
+  libcli11-dev                     # command-line parsing
+  clang libclang-rt-14-dev         # libFuzzer targets, sanitizers
+)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" = "--ref" ]; then
+  # Reference implementations for the golden files (not needed by CI, which reads the committed goldens).
+  # gcc 12 with native flags miscompiles llama.cpp's AMX path on this CPU: build without AMX.
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" \
+    python3 -m pip install -q llama-cpp-python jinja2 gguf numpy
+fi

@@ -1,0 +1,48 @@
+// error.hpp: errors as values inside the engine.
+//   ErrorKind  what went wrong, coarse enough for the HTTP layer to map onto a status code
+//   Error      a kind plus a human-readable message
+//   Expected<T> a T or an Error (C++20 has no std::expected)
+#pragma once
+
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace troupe {
+
+enum class ErrorKind {
+  invalid_argument,  // the caller asked for something impossible (bad flag, bad parameter)
+  invalid_model,     // a model file is malformed or unsupported
+  io,                // a file could not be opened, read or mapped
+  out_of_memory,     // a limit (context, KV blocks) was reached
+  internal,          // a bug: should never be seen
+};
+
+const char* to_string(ErrorKind kind);
+
+struct Error {
+  ErrorKind kind = ErrorKind::internal;
+  std::string message;
+};
+
+template <class T>
+class Expected {
+ public:
+  Expected(T value) : v_(std::move(value)) {}
+  Expected(Error error) : v_(std::move(error)) {}
+
+  bool has_value() const { return v_.index() == 0; }
+  explicit operator bool() const { return has_value(); }
+  T& value() & { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  const T& value() const& { return std::get<0>(v_); }
+  T& operator*() & { return value(); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  const Error& error() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+}  // namespace troupe
