@@ -1,0 +1,198 @@
+// Kernels against their references: the SIMD versions against the scalar ones (exactly, or to float rounding), and
+// the scalar quantised dot products against a plain float dot product of dequantised weights.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "fp16.hpp"
+#include "kernels.hpp"
+
+using namespace troupe;
+
+namespace {
+
+// A random weight matrix of the given type, rows x cols, with realistic scales.
+struct RandomMatrix {
+  std::vector<uint8_t> bytes;
+  Matrix m;
+  RandomMatrix(GgmlType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::uniform_real_distribution<float> scale(0.001f, 0.05f), val(-1.0f, 1.0f);
+    const GgmlTypeTraits* tr = ggml_type_traits(static_cast<uint32_t>(type));
+    m.type = type;
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = cols / tr->block_elems * tr->block_bytes;
+    bytes.resize(m.row_bytes * rows);
+    for (auto& b : bytes) b = static_cast<uint8_t>(byte(rng));
+    const int64_t n_blocks = rows * cols / tr->block_elems;
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      uint8_t* blk = bytes.data() + i * tr->block_bytes;
+      auto put16 = [&](int off, uint16_t v) { std::memcpy(blk + off, &v, 2); };
+      switch (type) {
+        case GgmlType::q4_0: case GgmlType::q8_0: put16(0, f32_to_fp16(scale(rng))); break;
+        case GgmlType::q4_1: put16(0, f32_to_fp16(scale(rng))); put16(2, f32_to_fp16(-8 * scale(rng))); break;
+        case GgmlType::f32: { float f = val(rng); std::memcpy(blk, &f, 4); break; }
+        case GgmlType::f16: put16(0, f32_to_fp16(val(rng))); break;
+        case GgmlType::bf16: put16(0, static_cast<uint16_t>(f32_to_bits(val(rng)) >> 16)); break;
+      }
+    }
+    m.data = bytes.data();
+  }
+};
+
+std::vector<float> random_vector(int64_t n, std::mt19937& rng, float range = 2.0f) {
+  std::normal_distribution<float> d(0.0f, range);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+const GgmlType kAllTypes[] = {GgmlType::f32, GgmlType::f16, GgmlType::bf16, GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0};
+
+}  // namespace
+
+TEST_CASE("kernels: fp16 conversion round-trips every half value and rounds to nearest even") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = fp16_to_f32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    REQUIRE(f32_to_fp16(f) == h);
+  }
+  CHECK(f32_to_fp16(1.0f + 1.0f / 2048) == f32_to_fp16(1.0f));            // a tie rounds to the even neighbour
+  CHECK(f32_to_fp16(1.0f + 3.0f / 2048) == f32_to_fp16(1.0f + 2.0f / 1024));
+  CHECK(f32_to_fp16(70000.0f) == 0x7c00);                                  // overflow to inf
+  CHECK(fp16_to_f32(f32_to_fp16(1e-7f)) == doctest::Approx(1.1920929e-07f));  // subnormal
+}
+
+TEST_CASE("kernels: 8-bit activation quantisation matches the reference exactly") {
+  std::mt19937 rng(1);
+  const Kernels* simd = avx2_kernels();
+  if (!simd) return;
+  for (int trial = 0; trial < 50; ++trial) {
+    auto x = random_vector(256, rng, trial % 2 ? 0.01f : 5.0f);
+    if (trial == 3) std::fill(x.begin(), x.begin() + 32, 0.0f);  // an all-zero block
+    std::vector<BlockQ8> a(8), b(8);
+    scalar_kernels().quantize_q8(x.data(), a.data(), 256);
+    simd->quantize_q8(x.data(), b.data(), 256);
+    for (int i = 0; i < 8; ++i) {
+      REQUIRE(a[i].d == b[i].d);
+      REQUIRE(a[i].s == b[i].s);
+      for (int j = 0; j < 32; ++j) REQUIRE(a[i].qs[j] == b[i].qs[j]);
+    }
+  }
+}
+
+TEST_CASE("kernels: scalar quantised dot products equal a float dot of dequantised rows") {
+  std::mt19937 rng(2);
+  for (GgmlType type : kAllTypes) {
+    CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+    RandomMatrix w(type, 8, 512, rng);
+    auto x = random_vector(512, rng);
+    std::vector<BlockQ8> xq(512 / kQBlock);
+    scalar_kernels().quantize_q8(x.data(), xq.data(), 512);
+    std::vector<float> row(512), xd(512);
+    for (int b = 0; b < 16; ++b)
+      for (int j = 0; j < 32; ++j) xd[b * 32 + j] = xq[b].d * xq[b].qs[j];  // what the quantised path sees
+    for (int r = 0; r < 8; ++r) {
+      dequantize_row(w.m, r, row.data());
+      const bool q = w.m.quantized();
+      double want = 0, scale = 0;
+      for (int j = 0; j < 512; ++j) {
+        want += static_cast<double>(row[j]) * (q ? xd[j] : x[j]);
+        scale += std::fabs(row[j] * x[j]);
+      }
+      const float got = scalar_kernels().dot(w.m, r, x.data(), xq.data());
+      // Q4_1's offset term uses s rounded through fp16, so allow a relative error of a few 1e-4 of the magnitude.
+      REQUIRE(std::fabs(got - want) <= 1e-3 * scale + 1e-5);
+    }
+  }
+}
+
+TEST_CASE("kernels: SIMD dot products match the scalar reference for every type") {
+  const Kernels* simd = avx2_kernels();
+  if (!simd) return;
+  std::mt19937 rng(3);
+  for (GgmlType type : kAllTypes) {
+    CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+    for (int64_t cols : {32, 64, 576, 1536}) {
+      RandomMatrix w(type, 5, cols, rng);
+      auto x = random_vector(cols, rng);
+      std::vector<BlockQ8> xq(cols / kQBlock);
+      scalar_kernels().quantize_q8(x.data(), xq.data(), cols);
+      std::vector<float> row(cols);
+      for (int r = 0; r < 5; ++r) {
+        const float a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
+        const float b = simd->dot(w.m, r, x.data(), xq.data());
+        // Only the order of float additions differs: bound the error by the magnitude of the terms.
+        dequantize_row(w.m, r, row.data());
+        double magnitude = 0;
+        for (int64_t j = 0; j < cols; ++j) magnitude += std::fabs(row[j] * x[j]);
+        REQUIRE(std::fabs(a - b) <= 1e-6 * magnitude + 1e-6);
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: matmul over a batch equals one dot product per token and row") {
+  std::mt19937 rng(4);
+  RandomMatrix w(GgmlType::q4_1, 7, 128, rng);
+  const int n_tokens = 3;
+  auto x = random_vector(n_tokens * 128, rng);
+  std::vector<BlockQ8> xq(n_tokens * 4);
+  for (int t = 0; t < n_tokens; ++t) kernels().quantize_q8(&x[t * 128], &xq[t * 4], 128);
+  std::vector<float> y(n_tokens * 7, -1.0f);
+  matmul(w.m, x.data(), xq.data(), y.data(), n_tokens, 2, 6);
+  for (int t = 0; t < n_tokens; ++t) {
+    for (int r = 0; r < 7; ++r) {
+      if (r < 2 || r >= 6) {
+        CHECK(y[t * 7 + r] == -1.0f);  // rows outside the range are untouched
+      } else {
+        CHECK(y[t * 7 + r] == kernels().dot(w.m, r, &x[t * 128], &xq[t * 4]));
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: rmsnorm, rope, swiglu and softmax against direct formulas") {
+  std::mt19937 rng(5);
+  auto x = random_vector(64, rng);
+  auto w = random_vector(64, rng);
+  std::vector<float> out(64);
+  rmsnorm(out.data(), x.data(), w.data(), 64, 1e-5f);
+  double ms = 0;
+  for (float v : x) ms += v * v;
+  ms /= 64;
+  for (int j = 0; j < 64; ++j) CHECK(out[j] == doctest::Approx(x[j] / std::sqrt(ms + 1e-5) * w[j]).epsilon(1e-5));
+
+  // RoPE: each pair rotates by pos * theta^(-2i/d); norms of pairs are preserved; position 0 is the identity.
+  auto q = random_vector(2 * 16, rng);
+  auto r = q;
+  rope(r.data(), 2, 16, 16, 7, 10000.0f);
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 16; i += 2) {
+      const double ang = 7.0 * std::pow(10000.0, -static_cast<double>(i) / 16);
+      const float a = q[h * 16 + i], b = q[h * 16 + i + 1];
+      CHECK(r[h * 16 + i] == doctest::Approx(a * std::cos(ang) - b * std::sin(ang)).epsilon(1e-4).scale(1));
+      CHECK(r[h * 16 + i + 1] == doctest::Approx(a * std::sin(ang) + b * std::cos(ang)).epsilon(1e-4).scale(1));
+    }
+  }
+  auto z = q;
+  rope(z.data(), 2, 16, 8, 0, 10000.0f);
+  CHECK(z == q);
+  rope(z.data(), 2, 16, 8, 5, 10000.0f);  // partial rotary: dims 8..15 of each head are left alone
+  for (int h = 0; h < 2; ++h)
+    for (int i = 8; i < 16; ++i) CHECK(z[h * 16 + i] == q[h * 16 + i]);
+
+  std::vector<float> g{-3.0f, 0.0f, 2.5f}, u{2.0f, 1.0f, -1.0f}, s(3);
+  swiglu(s.data(), g.data(), u.data(), 3);
+  for (int j = 0; j < 3; ++j) CHECK(s[j] == doctest::Approx(g[j] / (1 + std::exp(-g[j])) * u[j]));
+
+  std::vector<float> p{1000.0f, 1001.0f, 999.0f};  // large values: must not overflow
+  softmax(p.data(), 3);
+  const double e0 = std::exp(-1.0), e2 = std::exp(-2.0), sum = e0 + 1 + e2;
+  CHECK(p[0] == doctest::Approx(e0 / sum));
+  CHECK(p[1] == doctest::Approx(1 / sum));
+  CHECK(p[2] == doctest::Approx(e2 / sum));
+}
