@@ -21,21 +21,22 @@ Matrix Matrix::from(const GgufTensor& t) {
 
 namespace ref {
 
-// llama.cpp's reference rounding: d = amax / 127, q = round(x / d) (half away from zero).
+// As llama.cpp rounds on x86: d = amax / 127, q = nearest-even(x * 127 / amax). Using the same rounding matters:
+// 8-bit activations amplify any difference in a rounding decision through every later layer.
 void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
   for (int64_t b = 0; b < n / kQBlock; ++b) {
     const float* xb = x + b * kQBlock;
     float amax = 0;
     for (int j = 0; j < kQBlock; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
     const float d = amax / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const float id = amax != 0 ? 127.0f / amax : 0.0f;
     int sum = 0;
     for (int j = 0; j < kQBlock; ++j) {
-      y[b].qs[j] = static_cast<int8_t>(std::lround(xb[j] * id));
+      y[b].qs[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));  // default rounding mode: ties to even
       sum += y[b].qs[j];
     }
     y[b].d = fp16_to_f32(f32_to_fp16(d));
-    y[b].s = fp16_to_f32(f32_to_fp16(static_cast<float>(sum) * d));
+    y[b].s = fp16_to_f32(f32_to_fp16(d * static_cast<float>(sum)));
   }
 }
 
@@ -109,6 +110,27 @@ float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
 
 }  // namespace ref
 
+// Dequantises 32 weights at a time and multiplies them with the float activations.
+float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  if (!w.quantized()) return ref::dot(w, r, x, xq);
+  Matrix block = w;  // one block of the row, viewed as a 1 x 32 matrix
+  block.cols = kQBlock;
+  block.row_bytes = w.row_bytes / (w.cols / kQBlock);
+  block.data = w.row(r);
+  float buf[kQBlock];
+  float sum = 0;
+  for (int64_t b = 0; b < w.cols / kQBlock; ++b) {
+    dequantize_row(block, b, buf);
+    for (int j = 0; j < kQBlock; ++j) sum += buf[j] * x[b * kQBlock + j];
+  }
+  return sum;
+}
+
+const Kernels& exact_kernels() {
+  static const Kernels k{"exact", nullptr, exact_dot};
+  return k;
+}
+
 const Kernels& scalar_kernels() {
   static const Kernels k{"scalar", ref::quantize_q8, ref::dot};
   return k;
@@ -181,8 +203,9 @@ void dequantize_row(const Matrix& w, int64_t r, float* out) {
 // As ggml: the mean of squares accumulates in double.
 void rmsnorm(float* out, const float* x, const float* weight, int64_t n, float eps) {
   double ss = 0;
-  for (int64_t j = 0; j < n; ++j) ss += static_cast<double>(x[j]) * x[j];
-  const float scale = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int64_t j = 0; j < n; ++j) ss += x[j] * x[j];
+  const float mean = static_cast<float>(ss / static_cast<double>(n));
+  const float scale = 1.0f / std::sqrt(mean + eps);
   for (int64_t j = 0; j < n; ++j) out[j] = x[j] * scale * weight[j];
 }
 

@@ -43,13 +43,14 @@ struct Matrix {
 // The dispatched kernel set.
 struct Kernels {
   const char* name;
-  // y (n/32 blocks) = 8-bit quantisation of x (n floats), n % 32 == 0
+  // y (n/32 blocks) = 8-bit quantisation of x (n floats), n % 32 == 0; null when dot takes float activations only
   void (*quantize_q8)(const float* x, BlockQ8* y, int64_t n);
   // dot product of one weight row (cols values, in w.type) with activations x (f32) / xq (quantised)
   float (*dot)(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq);
 };
 const Kernels& kernels();            // the fastest for this CPU (TROUPE_KERNELS=scalar forces the reference)
 const Kernels& scalar_kernels();     // the reference
+const Kernels& exact_kernels();      // fp32 activations: weights dequantised block by block, no 8-bit rounding
 const Kernels* avx2_kernels();       // nullptr when the CPU lacks AVX2/FMA
 
 // Y (n_tokens, rows) = X (n_tokens, cols) . W^T for rows [r0, r1): each weight row is read once for all tokens.

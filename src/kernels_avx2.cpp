@@ -114,7 +114,7 @@ TROUPE_AVX2 float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8*
   return 0;
 }
 
-// Same rounding as the reference (half away from zero), so both give identical blocks.
+// Same rounding as the reference (ties to even), so both give identical blocks.
 TROUPE_AVX2 void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < n / kQBlock; ++b) {
@@ -128,17 +128,13 @@ TROUPE_AVX2 void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    const float d = _mm_cvtss_f32(m) / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    const __m256 vid = _mm256_set1_ps(id);
-    const __m256 half = _mm256_set1_ps(0.5f);
+    const float max = _mm_cvtss_f32(m);
+    const float d = max / 127.0f;
+    const __m256 vid = _mm256_set1_ps(max != 0 ? 127.0f / max : 0.0f);
     __m256i sum = _mm256_setzero_si256();
     __m256i q32[4];
     for (int k = 0; k < 4; ++k) {
-      const __m256 s = _mm256_mul_ps(v[k], vid);
-      // round half away from zero: trunc(s + copysign(0.5, s))
-      const __m256 r = _mm256_round_ps(_mm256_add_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign_mask), half)),
-                                       _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       q32[k] = _mm256_cvtps_epi32(r);
       sum = _mm256_add_epi32(sum, q32[k]);
     }
@@ -150,7 +146,7 @@ TROUPE_AVX2 void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
     const int isum = _mm_cvtsi128_si32(s4);
     y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
-    y[b].s = _cvtsh_ss(_cvtss_sh(static_cast<float>(isum) * d, 0));
+    y[b].s = _cvtsh_ss(_cvtss_sh(d * static_cast<float>(isum), 0));
   }
 }
 

@@ -159,8 +159,11 @@ Expected<std::shared_ptr<const Model>> Model::load(std::shared_ptr<const GgufFil
 
 // ---- the forward pass ----
 
-Forward::Forward(std::shared_ptr<const Model> model, int max_tokens)
-    : model_(std::move(model)), kernels_(kernels()), max_tokens_(std::max(1, max_tokens)) {
+Forward::Forward(std::shared_ptr<const Model> model, int max_tokens, Precision precision)
+    : model_(std::move(model)),
+      precision_(precision),
+      kernels_(precision == Precision::exact ? exact_kernels() : kernels()),
+      max_tokens_(std::max(1, max_tokens)) {
   const ModelConfig& c = model_->config();
   const size_t T = static_cast<size_t>(max_tokens_);
   x_.resize(T * c.n_embd);
@@ -176,40 +179,60 @@ Forward::Forward(std::shared_ptr<const Model> model, int max_tokens)
 
 KvCache Forward::make_cache(int n_ctx) const {
   const ModelConfig& c = model_->config();
-  return KvCache(c.n_layer, n_ctx, c.kv_dim());
+  return KvCache(c.n_layer, n_ctx, c.kv_dim(), precision_ == Precision::exact ? KvType::f32 : KvType::f16);
 }
 
 // Quantises n rows of `cols` floats for a quantised matrix (no-op for float weights).
 static const BlockQ8* prepare_input(const Kernels& k, const Matrix& w, const float* x, int n, BlockQ8* xq) {
-  if (!w.quantized()) return nullptr;
+  if (!w.quantized() || !k.quantize_q8) return nullptr;  // float weights, or the exact kernels
   for (int t = 0; t < n; ++t) k.quantize_q8(x + static_cast<size_t>(t) * w.cols, xq + t * (w.cols / kQBlock), w.cols);
   return xq;
 }
 
-void Forward::attention(int il, int n, int pos0, const KvCache& cache) {
-  const ModelConfig& c = model_->config();
+namespace {
+
+inline float load(uint16_t h) { return fp16_to_f32(h); }
+inline float load(float f) { return f; }
+
+// Causal grouped-query attention of n new tokens at positions pos0.. over one layer's cache rows (T: stored type).
+//   q (n, n_head * head_dim) -> out (n, n_head * head_dim); scores (pos0 + n) scratch
+template <class T>
+void attend(const ModelConfig& c, const float* q_all, const T* k_rows, const T* v_rows, int n, int pos0,
+            float* scores, float* out_all) {
   const int group = c.n_head / c.n_head_kv;
+  const int kv_dim = c.kv_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   for (int t = 0; t < n; ++t) {
-    const int n_past = pos0 + t + 1;  // causal: this token sees positions 0 .. pos0 + t
+    const int n_past = pos0 + t + 1;  // this token sees positions 0 .. pos0 + t
     for (int h = 0; h < c.n_head; ++h) {
-      const float* q = q_.data() + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
+      const float* q = q_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
       const int kv_off = (h / group) * c.head_dim;
-      float* out = xb_.data() + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
+      float* out = out_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
       for (int j = 0; j < n_past; ++j) {
-        const uint16_t* kj = cache.k(il, j) + kv_off;
+        const T* kj = k_rows + static_cast<size_t>(j) * kv_dim + kv_off;
         float s = 0;
-        for (int d = 0; d < c.head_dim; ++d) s += q[d] * fp16_to_f32(kj[d]);
-        scores_[j] = s * scale;
+        for (int d = 0; d < c.head_dim; ++d) s += q[d] * load(kj[d]);
+        scores[j] = s * scale;
       }
-      softmax(scores_.data(), n_past);
+      softmax(scores, n_past);
       std::fill(out, out + c.head_dim, 0.0f);
       for (int j = 0; j < n_past; ++j) {
-        const uint16_t* vj = cache.v(il, j) + kv_off;
-        const float p = scores_[j];
-        for (int d = 0; d < c.head_dim; ++d) out[d] += p * fp16_to_f32(vj[d]);
+        const T* vj = v_rows + static_cast<size_t>(j) * kv_dim + kv_off;
+        const float p = scores[j];
+        for (int d = 0; d < c.head_dim; ++d) out[d] += p * load(vj[d]);
       }
     }
+  }
+}
+
+}  // namespace
+
+void Forward::attention(int il, int n, int pos0, const KvCache& cache) {
+  const ModelConfig& c = model_->config();
+  if (cache.type() == KvType::f16) {
+    attend(c, q_.data(), cache.k<uint16_t>(il), cache.v<uint16_t>(il), n, pos0, scores_.data(), xb_.data());
+  } else {
+    attend(c, q_.data(), cache.k<float>(il), cache.v<float>(il), n, pos0, scores_.data(), xb_.data());
   }
 }
 
@@ -229,12 +252,7 @@ void Forward::layer_forward(int il, int n, int pos0, KvCache& cache) {
   for (int t = 0; t < n; ++t) {
     rope(&q_[t * c.q_dim()], c.n_head, c.head_dim, c.rope_dim, pos0 + t, c.rope_theta);
     rope(&k_[t * c.kv_dim()], c.n_head_kv, c.head_dim, c.rope_dim, pos0 + t, c.rope_theta);
-    uint16_t* kc = cache.k(il, pos0 + t);
-    uint16_t* vc = cache.v(il, pos0 + t);
-    for (int d = 0; d < c.kv_dim(); ++d) {
-      kc[d] = f32_to_fp16(k_[t * c.kv_dim() + d]);
-      vc[d] = f32_to_fp16(v_[t * c.kv_dim() + d]);
-    }
+    cache.store(il, pos0 + t, &k_[t * c.kv_dim()], &v_[t * c.kv_dim()]);
   }
 
   // grouped-query attention over the cache, output projection, residual
@@ -257,6 +275,9 @@ void Forward::layer_forward(int il, int n, int pos0, KvCache& cache) {
 Expected<const float*> Forward::run(const TokenId* tokens, int n, int pos0, KvCache& cache, bool all_logits) {
   const ModelConfig& c = model_->config();
   if (n < 1 || n > max_tokens_) return Error{ErrorKind::invalid_argument, "batch of " + std::to_string(n) + " tokens"};
+  if (cache.kv_dim() != c.kv_dim() || cache.type() != (precision_ == Precision::exact ? KvType::f32 : KvType::f16)) {
+    return Error{ErrorKind::invalid_argument, "the KV cache was not made for this forward pass"};
+  }
   if (pos0 < 0 || pos0 + n > cache.n_ctx()) {
     return Error{ErrorKind::out_of_memory, "context full: " + std::to_string(pos0 + n) + " tokens > " +
                                                std::to_string(cache.n_ctx())};

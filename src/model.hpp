@@ -68,10 +68,16 @@ class Model {
   std::vector<LayerWeights> layers_;
 };
 
+// How the forward pass computes:
+//   fast   8-bit activations in quantised dot products, fp16 KV cache (as llama.cpp's default CPU path)
+//   exact  weights dequantised block by block in registers and multiplied in fp32, fp32 KV cache: the reference
+//          mode, checked against llama.cpp on the F32 dequantisation of the same weights
+enum class Precision { fast, exact };
+
 // The scratch space of forward passes over up to max_tokens tokens at a time, allocated once.
 class Forward {
  public:
-  Forward(std::shared_ptr<const Model> model, int max_tokens);
+  Forward(std::shared_ptr<const Model> model, int max_tokens, Precision precision = Precision::fast);
 
   // Runs tokens (n) at positions pos0 .. pos0 + n - 1 of the sequence whose cache is `cache`, appending their keys
   // and values to it. Returns the logits (n_vocab) of the last token, or of every token (n, n_vocab) when all_logits.
@@ -79,13 +85,15 @@ class Forward {
 
   const Model& model() const { return *model_; }
   int max_tokens() const { return max_tokens_; }
-  KvCache make_cache(int n_ctx) const;
+  Precision precision() const { return precision_; }
+  KvCache make_cache(int n_ctx) const;  // a cache of the type this precision uses
 
  private:
   void layer_forward(int il, int n, int pos0, KvCache& cache);
   void attention(int il, int n, int pos0, const KvCache& cache);
 
   std::shared_ptr<const Model> model_;
+  Precision precision_;
   const Kernels& kernels_;
   int max_tokens_;
   std::vector<float> x_;       // (max_tokens, n_embd) residual stream
