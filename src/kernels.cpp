@@ -110,7 +110,7 @@ float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
 
 }  // namespace ref
 
-// Dequantises 32 weights at a time and multiplies them with the float activations.
+// Dequantises 32 weights at a time and multiplies them with the float activations (the scalar reference).
 float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   if (!w.quantized()) return ref::dot(w, r, x, xq);
   Matrix block = w;  // one block of the row, viewed as a 1 x 32 matrix
@@ -126,9 +126,19 @@ float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   return sum;
 }
 
-const Kernels& exact_kernels() {
-  static const Kernels k{"exact", nullptr, exact_dot};
+const Kernels& scalar_exact_kernels() {
+  static const Kernels k{"scalar-exact", nullptr, exact_dot};
   return k;
+}
+
+const Kernels& exact_kernels() {
+  static const Kernels* chosen = [] {
+    const char* force = std::getenv("TROUPE_KERNELS");
+    if (force && std::strcmp(force, "scalar") == 0) return &scalar_exact_kernels();
+    if (const Kernels* k = avx2_exact_kernels()) return k;
+    return &scalar_exact_kernels();
+  }();
+  return *chosen;
 }
 
 const Kernels& scalar_kernels() {

@@ -51,6 +51,8 @@ struct Kernels {
 const Kernels& kernels();            // the fastest for this CPU (TROUPE_KERNELS=scalar forces the reference)
 const Kernels& scalar_kernels();     // the reference
 const Kernels& exact_kernels();      // fp32 activations: weights dequantised block by block, no 8-bit rounding
+const Kernels& scalar_exact_kernels();   // its reference
+const Kernels* avx2_exact_kernels();     // nullptr without AVX2/FMA
 const Kernels* avx2_kernels();       // nullptr when the CPU lacks AVX2/FMA
 
 // Y (n_tokens, rows) = X (n_tokens, cols) . W^T for rows [r0, r1): each weight row is read once for all tokens.

@@ -150,7 +150,63 @@ TROUPE_AVX2 void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
   }
 }
 
+// ---- exact (fp32) path: 32 weights dequantised in registers, multiplied with float activations ----
+
+// acc += (d * q + m) * x for 32 unsigned 8-bit q's held in a 256-bit register.
+TROUPE_AVX2 inline __m256 fma_block_u8(__m256i q, float d, float m, const float* x, __m256 acc) {
+  const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int k = 0; k < 4; ++k) {
+    const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k])), vd, vm);
+    acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * k), acc);
+  }
+  return acc;
+}
+
+TROUPE_AVX2 float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  const uint8_t* row = w.row(r);
+  const int64_t nb = w.cols / kQBlock;
+  __m256 acc = _mm256_setzero_ps();
+  switch (w.type) {
+    case GgmlType::q4_0: {
+      const auto* b = reinterpret_cast<const BlockQ4_0*>(row);
+      for (int64_t i = 0; i < nb; ++i) {
+        const float d = h2f(b[i].d);
+        acc = fma_block_u8(unpack_nibbles(b[i].qs), d, -8.0f * d, x + i * kQBlock, acc);
+      }
+      return hsum(acc);
+    }
+    case GgmlType::q4_1: {
+      const auto* b = reinterpret_cast<const BlockQ4_1*>(row);
+      for (int64_t i = 0; i < nb; ++i) {
+        acc = fma_block_u8(unpack_nibbles(b[i].qs), h2f(b[i].d), h2f(b[i].m), x + i * kQBlock, acc);
+      }
+      return hsum(acc);
+    }
+    case GgmlType::q8_0: {
+      const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
+      for (int64_t i = 0; i < nb; ++i) {
+        const __m256 vd = _mm256_set1_ps(h2f(b[i].d));
+        for (int k = 0; k < 4; ++k) {
+          const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * k));
+          const __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), vd);
+          acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * kQBlock + 8 * k), acc);
+        }
+      }
+      return hsum(acc);
+    }
+    default:
+      return dot(w, r, x, xq);  // float weights: already exact
+  }
+}
+
 }  // namespace
+
+const Kernels* avx2_exact_kernels() {
+  static const Kernels k{"avx2-exact", nullptr, exact_dot};
+  return avx2_kernels() ? &k : nullptr;
+}
 
 const Kernels* avx2_kernels() {
   static const Kernels k{"avx2", quantize_q8, dot};

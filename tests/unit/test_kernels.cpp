@@ -196,3 +196,24 @@ TEST_CASE("kernels: rmsnorm, rope, swiglu and softmax against direct formulas") 
   CHECK(p[1] == doctest::Approx(1 / sum));
   CHECK(p[2] == doctest::Approx(e2 / sum));
 }
+
+TEST_CASE("kernels: the exact (fp32) path matches its scalar reference and a float dot of dequantised rows") {
+  const Kernels* simd = avx2_exact_kernels();
+  std::mt19937 rng(6);
+  for (GgmlType type : kAllTypes) {
+    CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+    RandomMatrix w(type, 4, 576, rng);
+    auto x = random_vector(576, rng);
+    std::vector<float> row(576);
+    for (int r = 0; r < 4; ++r) {
+      dequantize_row(w.m, r, row.data());
+      double want = 0, magnitude = 0;
+      for (int j = 0; j < 576; ++j) {
+        want += static_cast<double>(row[j]) * x[j];
+        magnitude += std::fabs(row[j] * x[j]);
+      }
+      REQUIRE(std::fabs(scalar_exact_kernels().dot(w.m, r, x.data(), nullptr) - want) <= 1e-6 * magnitude + 1e-6);
+      if (simd) REQUIRE(std::fabs(simd->dot(w.m, r, x.data(), nullptr) - want) <= 1e-6 * magnitude + 1e-6);
+    }
+  }
+}
