@@ -21,6 +21,9 @@ constexpr int kMaxArrayDepth = 4;         // nested arrays deeper than this are 
 constexpr uint64_t kMaxStringBytes = 1ull << 24;
 constexpr uint64_t kMaxAlignment = 1ull << 20;
 constexpr uint32_t kMaxDims = 4;
+// All metadata arrays together hold at most this many elements (a large vocabulary with its scores, types and
+// merges is about a million).
+constexpr uint64_t kMaxArrayElements = 1ull << 23;
 
 const GgmlTypeTraits kF32{"f32", 1, 4};
 const GgmlTypeTraits kF16{"f16", 1, 2};
@@ -114,14 +117,29 @@ std::string GgufValue::to_display(size_t max_items) const {
     case GgufValueType::f32: case GgufValueType::f64: os << f; break;
     case GgufValueType::boolean: os << (u ? "true" : "false"); break;
     case GgufValueType::string: {
-      std::string shown = s.size() > 120 ? s.substr(0, 120) + "..." : s;
-      os << '"';
-      for (char c : shown) {
-        if (c == '\n') os << "\\n";
-        else if (c == '"') os << "\\\"";
-        else os << c;
+      // One line whatever the string holds: control characters escaped, long strings cut on a UTF-8 boundary.
+      size_t cut = s.size();
+      if (cut > 120) {
+        cut = 120;
+        while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
       }
       os << '"';
+      for (size_t k = 0; k < cut; ++k) {
+        unsigned char c = static_cast<unsigned char>(s[k]);
+        if (c == '\n') os << "\\n";
+        else if (c == '\r') os << "\\r";
+        else if (c == '\t') os << "\\t";
+        else if (c == '"') os << "\\\"";
+        else if (c == '\\') os << "\\\\";
+        else if (c < 0x20 || c == 0x7f) {
+          static const char hex[] = "0123456789abcdef";
+          os << "\\x" << hex[c >> 4] << hex[c & 15];
+        } else {
+          os << static_cast<char>(c);
+        }
+      }
+      os << '"';
+      if (cut < s.size()) os << "...";
       break;
     }
     case GgufValueType::array: {
@@ -150,11 +168,17 @@ int64_t GgufTensor::rows() const {
 }
 
 // ---- the parser: a cursor over [base, base + size) that throws ParseError on any violation ----
+//
+// Error messages name the item being read through ctx_ ("metadata 'general.name'", "tensor 'output.weight'"), set
+// once per item, so that no string is built per array element (a long key and a long array would otherwise cost
+// quadratic time). Names from the file are quoted with control characters escaped and long names cut, so every
+// message stays one short line.
 class GgufParser {
  public:
   GgufParser(const uint8_t* base, size_t size) : base_(base), size_(size) {}
 
   void run(GgufFile& file) {
+    ctx_.clear();  // header fields need no context
     uint32_t magic = read_u32("magic");
     if (magic != kMagic) fail("bad magic: not a GGUF file");
     file.version_ = read_u32("version");
@@ -167,12 +191,19 @@ class GgufParser {
     // Each key/value needs at least 8 (key length) + 4 (type) + 1 bytes; each tensor info at least 8+4+8+4+8.
     check_count(n_kv, 13, "metadata count");
     check_count(n_tensors, 32, "tensor count");
+    uint64_t both;
+    if (!add_ok(n_kv * 13, n_tensors * 32, both) || both > remaining()) {
+      fail("metadata count " + std::to_string(n_kv) + " and tensor count " + std::to_string(n_tensors) +
+           " are larger than the file can hold (truncated or corrupt)");
+    }
 
     for (uint64_t k = 0; k < n_kv; ++k) {
-      std::string key = read_string("metadata key");
+      ctx_ = "metadata entry " + std::to_string(k);
+      std::string key = read_string("key");
       if (key.empty()) fail("empty metadata key (entry " + std::to_string(k) + ")");
-      GgufValue value = read_value(read_type("metadata '" + key + "' type"), "metadata '" + key + "'", 0);
-      if (file.metadata_index_.count(key)) fail("duplicate metadata key '" + key + "'");
+      ctx_ = "metadata " + quote(key);
+      GgufValue value = read_value(read_type("type"), 0);
+      if (file.metadata_index_.count(key)) fail("duplicate metadata key " + quote(key));
       file.metadata_index_[key] = file.metadata_.size();
       file.metadata_.emplace_back(std::move(key), std::move(value));
     }
@@ -183,38 +214,49 @@ class GgufParser {
         fail(std::string("metadata 'general.alignment' has type ") + to_string(v.type) + ", expected u32");
       }
       if (v.u == 0 || (v.u & (v.u - 1)) != 0 || v.u > kMaxAlignment) {
-        fail("bad alignment " + std::to_string(v.u) + " (must be a power of two up to 1 MiB)");
+        fail("bad general.alignment " + std::to_string(v.u) + " (must be a power of two up to 1 MiB)");
       }
       file.alignment_ = v.u;
     }
 
     for (uint64_t k = 0; k < n_tensors; ++k) {
       GgufTensor t;
-      t.name = read_string("tensor name");
-      const std::string what = "tensor '" + t.name + "'";
-      uint32_t n_dims = read_u32(what + " dimension count");
-      if (n_dims == 0 || n_dims > kMaxDims) fail(what + " has " + std::to_string(n_dims) + " dimensions (1 to 4)");
+      ctx_ = "tensor " + std::to_string(k);
+      t.name = read_string("name");
+      if (t.name.empty()) fail("tensor " + std::to_string(k) + " has an empty name");
+      ctx_ = "tensor " + quote(t.name);
+      uint32_t n_dims = read_u32("dimension count");
+      if (n_dims == 0 || n_dims > kMaxDims) {
+        fail(ctx_ + " has " + std::to_string(n_dims) + " dimensions (1 to " + std::to_string(kMaxDims) + ")");
+      }
       uint64_t n_elements = 1;
       for (uint32_t d = 0; d < n_dims; ++d) {
-        uint64_t dim = read_u64(what + " dimension");
-        if (dim == 0 || dim > static_cast<uint64_t>(INT64_MAX)) fail(what + " has a bad dimension " + std::to_string(dim));
+        uint64_t dim = read_u64("dimension");
+        if (dim == 0 || dim > static_cast<uint64_t>(INT64_MAX)) {
+          fail(ctx_ + " has a bad dimension " + std::to_string(dim) + " (dimension " + std::to_string(d) + ")");
+        }
         if (!mul_ok(n_elements, dim, n_elements) || n_elements > static_cast<uint64_t>(INT64_MAX)) {
-          fail(what + ": element count overflows");
+          fail(ctx_ + ": element count overflows");
         }
         t.dims.push_back(static_cast<int64_t>(dim));
       }
-      t.type_id = read_u32(what + " type");
+      t.type_id = read_u32("type");
       t.traits = ggml_type_traits(t.type_id);
-      if (!t.traits) fail(what + " has unsupported type " + ggml_type_name(t.type_id));
+      if (!t.traits) fail(ctx_ + " has unsupported type " + ggml_type_name(t.type_id));
       if (t.dims[0] % t.traits->block_elems != 0) {
-        fail(what + ": row length " + std::to_string(t.dims[0]) + " is not a multiple of the " + t.traits->name +
+        fail(ctx_ + ": row length " + std::to_string(t.dims[0]) + " is not a multiple of the " + t.traits->name +
              " block size " + std::to_string(t.traits->block_elems));
       }
       uint64_t n_blocks = n_elements / static_cast<uint64_t>(t.traits->block_elems);
-      if (!mul_ok(n_blocks, static_cast<uint64_t>(t.traits->block_bytes), t.n_bytes)) fail(what + ": byte size overflows");
-      t.offset = read_u64(what + " offset");
-      if (t.offset % file.alignment_ != 0) fail(what + ": offset " + std::to_string(t.offset) + " is not aligned");
-      if (file.tensor_index_.count(t.name)) fail("duplicate tensor name '" + t.name + "'");
+      if (!mul_ok(n_blocks, static_cast<uint64_t>(t.traits->block_bytes), t.n_bytes) ||
+          t.n_bytes > static_cast<uint64_t>(INT64_MAX)) {
+        fail(ctx_ + ": byte size overflows");
+      }
+      t.offset = read_u64("offset");
+      if (t.offset % file.alignment_ != 0) {
+        fail(ctx_ + ": offset " + std::to_string(t.offset) + " is not aligned to " + std::to_string(file.alignment_));
+      }
+      if (file.tensor_index_.count(t.name)) fail("duplicate tensor name " + quote(t.name));
       file.tensor_index_[t.name] = file.tensors_.size();
       file.tensors_.push_back(std::move(t));
     }
@@ -228,10 +270,12 @@ class GgufParser {
 
     // Every tensor lies inside the file; no two overlap.
     std::vector<const GgufTensor*> by_offset;
+    by_offset.reserve(file.tensors_.size());
     for (auto& t : file.tensors_) {
       uint64_t begin, end;
       if (!add_ok(data, t.offset, begin) || !add_ok(begin, t.n_bytes, end) || end > size_) {
-        fail("tensor '" + t.name + "' lies past the end of the file (truncated or bad offset)");
+        fail("tensor " + quote(t.name) + " lies past the end of the file (truncated or bad offset " +
+             std::to_string(t.offset) + ")");
       }
       t.data = base_ + begin;
       by_offset.push_back(&t);
@@ -239,8 +283,9 @@ class GgufParser {
     std::sort(by_offset.begin(), by_offset.end(),
               [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
     for (size_t k = 1; k < by_offset.size(); ++k) {
+      // offset + n_bytes <= size_ was checked above, so the sum cannot overflow.
       if (by_offset[k - 1]->offset + by_offset[k - 1]->n_bytes > by_offset[k]->offset) {
-        fail("tensors '" + by_offset[k - 1]->name + "' and '" + by_offset[k]->name + "' overlap");
+        fail("tensors " + quote(by_offset[k - 1]->name) + " and " + quote(by_offset[k]->name) + " overlap");
       }
     }
   }
@@ -248,43 +293,67 @@ class GgufParser {
  private:
   [[noreturn]] void fail(const std::string& message) { throw ParseError{message}; }
 
+  // A name from the file, quoted for an error message: control characters escaped, at most 64 bytes shown.
+  static std::string quote(const std::string& name) {
+    constexpr size_t kShown = 64;
+    std::string out = "'";
+    for (size_t k = 0; k < name.size() && k < kShown; ++k) {
+      unsigned char c = static_cast<unsigned char>(name[k]);
+      if (c < 0x20 || c == 0x7f || c == '\\' || c == '\'') {
+        static const char hex[] = "0123456789abcdef";
+        out += "\\x";
+        out += hex[c >> 4];
+        out += hex[c & 15];
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+    if (name.size() > kShown) out += "...";
+    out += "'";
+    return out;
+  }
+
+  std::string label(const char* field) const { return ctx_.empty() ? std::string(field) : ctx_ + " " + field; }
+
   size_t remaining() const { return size_ - pos_; }
 
-  void need(uint64_t n, const std::string& what) {
-    if (n > remaining()) fail("truncated: file ends inside " + what + " at byte " + std::to_string(pos_));
+  void need(uint64_t n, const char* field) {
+    if (n > remaining()) fail("truncated: file ends inside " + label(field) + " at byte " + std::to_string(pos_));
   }
 
   // A count of items each at least min_bytes long cannot exceed what is left of the file.
-  void check_count(uint64_t count, uint64_t min_bytes, const std::string& what) {
+  void check_count(uint64_t count, uint64_t min_bytes, const char* field) {
     uint64_t total;
     if (!mul_ok(count, min_bytes, total) || total > remaining()) {
-      fail(what + " " + std::to_string(count) + " is larger than the file can hold");
+      fail(label(field) + " " + std::to_string(count) + " is larger than the file can hold (truncated or corrupt)");
     }
   }
 
   template <class T>
-  T read_raw(const std::string& what) {
-    need(sizeof(T), what);
+  T read_raw(const char* field) {
+    need(sizeof(T), field);
     T v;
     std::memcpy(&v, base_ + pos_, sizeof(T));
     pos_ += sizeof(T);
     return v;
   }
-  uint32_t read_u32(const std::string& what) { return read_raw<uint32_t>(what); }
-  uint64_t read_u64(const std::string& what) { return read_raw<uint64_t>(what); }
+  uint32_t read_u32(const char* field) { return read_raw<uint32_t>(field); }
+  uint64_t read_u64(const char* field) { return read_raw<uint64_t>(field); }
 
-  std::string read_string(const std::string& what) {
-    uint64_t n = read_u64(what + " length");
-    if (n > kMaxStringBytes) fail(what + " length " + std::to_string(n) + " is too large");
-    need(n, what);
+  std::string read_string(const char* field) {
+    uint64_t n = read_u64(field);
+    if (n > kMaxStringBytes) fail(label(field) + " length " + std::to_string(n) + " is too large");
+    need(n, field);
     std::string s(reinterpret_cast<const char*>(base_ + pos_), n);
     pos_ += n;
     return s;
   }
 
-  GgufValueType read_type(const std::string& what) {
-    uint32_t t = read_u32(what);
-    if (t > static_cast<uint32_t>(GgufValueType::f64)) fail(what + " " + std::to_string(t) + " is not a GGUF value type");
+  GgufValueType read_type(const char* field) {
+    uint32_t t = read_u32(field);
+    if (t > static_cast<uint32_t>(GgufValueType::f64)) {
+      fail(label(field) + " " + std::to_string(t) + " is not a GGUF value type");
+    }
     return static_cast<GgufValueType>(t);
   }
 
@@ -299,36 +368,44 @@ class GgufParser {
     return 1;
   }
 
-  GgufValue read_value(GgufValueType type, const std::string& what, int depth) {
+  GgufValue read_value(GgufValueType type, int depth) {
     GgufValue v;
     v.type = type;
     switch (type) {
-      case GgufValueType::u8: v.u = read_raw<uint8_t>(what); break;
-      case GgufValueType::i8: v.i = read_raw<int8_t>(what); break;
-      case GgufValueType::u16: v.u = read_raw<uint16_t>(what); break;
-      case GgufValueType::i16: v.i = read_raw<int16_t>(what); break;
-      case GgufValueType::u32: v.u = read_raw<uint32_t>(what); break;
-      case GgufValueType::i32: v.i = read_raw<int32_t>(what); break;
-      case GgufValueType::u64: v.u = read_raw<uint64_t>(what); break;
-      case GgufValueType::i64: v.i = read_raw<int64_t>(what); break;
-      case GgufValueType::f32: v.f = read_raw<float>(what); break;
-      case GgufValueType::f64: v.f = read_raw<double>(what); break;
+      case GgufValueType::u8: v.u = read_raw<uint8_t>("value"); break;
+      case GgufValueType::i8: v.i = read_raw<int8_t>("value"); break;
+      case GgufValueType::u16: v.u = read_raw<uint16_t>("value"); break;
+      case GgufValueType::i16: v.i = read_raw<int16_t>("value"); break;
+      case GgufValueType::u32: v.u = read_raw<uint32_t>("value"); break;
+      case GgufValueType::i32: v.i = read_raw<int32_t>("value"); break;
+      case GgufValueType::u64: v.u = read_raw<uint64_t>("value"); break;
+      case GgufValueType::i64: v.i = read_raw<int64_t>("value"); break;
+      case GgufValueType::f32: v.f = read_raw<float>("value"); break;
+      case GgufValueType::f64: v.f = read_raw<double>("value"); break;
       case GgufValueType::boolean: {
-        uint8_t b = read_raw<uint8_t>(what);
-        if (b > 1) fail(what + ": boolean value " + std::to_string(b) + " is neither 0 nor 1");
+        uint8_t b = read_raw<uint8_t>("value");
+        if (b > 1) fail(ctx_ + ": boolean value " + std::to_string(b) + " is neither 0 nor 1");
         v.u = b;
         break;
       }
-      case GgufValueType::string: v.s = read_string(what); break;
+      case GgufValueType::string: v.s = read_string("string"); break;
       case GgufValueType::array: {
-        if (depth >= kMaxArrayDepth) fail(what + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth));
-        v.elem_type = read_type(what + " element type");
-        uint64_t n = read_u64(what + " element count");
-        check_count(n, min_size(v.elem_type), what + " element count");
+        if (depth >= kMaxArrayDepth) fail(ctx_ + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth));
+        v.elem_type = read_type("array element type");
+        uint64_t n = read_u64("array element count");
+        check_count(n, min_size(v.elem_type), "array element count");
+        // Each element costs sizeof(GgufValue) in memory however small it is in the file: a budget for the whole
+        // file keeps a large file of tiny elements from turning into a huge allocation.
+        if (n > kMaxArrayElements - array_elements_) {
+          fail(ctx_ + ": more than " + std::to_string(kMaxArrayElements) + " array elements in the metadata");
+        }
+        array_elements_ += n;
         v.items.reserve(n);
-        for (uint64_t k = 0; k < n; ++k) v.items.push_back(read_value(v.elem_type, what, depth + 1));
+        for (uint64_t k = 0; k < n; ++k) v.items.push_back(read_value(v.elem_type, depth + 1));
         break;
       }
+      default:
+        fail(ctx_ + ": bad value type " + std::to_string(static_cast<uint32_t>(type)));
     }
     return v;
   }
@@ -336,6 +413,8 @@ class GgufParser {
   const uint8_t* base_;
   size_t size_;
   size_t pos_ = 0;
+  std::string ctx_;              // the item being read, for messages
+  uint64_t array_elements_ = 0;  // array elements read so far, all arrays together
 };
 
 namespace {
