@@ -38,13 +38,21 @@ uint32_t attr_of_type(int64_t type) {
 }
 
 // ---- pre-tokenizers ----
-// llama.cpp's `\s` is its own whitespace set (unicode_set_whitespace), spelled out here so that PCRE2's notion of
-// \s (which differs, e.g. for U+0085 and U+180E across Unicode versions) cannot leak in.
+// llama.cpp classifies code points with its own tables (src/unicode-data.cpp, Unicode 15), PCRE2 10.42 with
+// Unicode 14's. The code points Unicode 15 added as letters, numbers and punctuation are listed here (from a
+// comparison of the two tables over all code points) so both agree; with a newer PCRE2 the lists are redundant.
+// Its `\s` is its own set too (unicode_set_whitespace), spelled out so that PCRE2's \s cannot differ.
+const std::string kLetter =
+    "\\p{L}\\x{1123F}-\\x{11240}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}\\x{13441}-\\x{13446}"
+    "\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{2B739}\\x{2EBF0}-\\x{2EE5D}"
+    "\\x{31350}-\\x{323AF}";
+const std::string kNumber = "\\p{N}\\x{11F50}-\\x{11F59}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}";
+const std::string kPunct = "\\p{P}\\x{11B00}-\\x{11B09}\\x{11F43}-\\x{11F4F}";
 const std::string kWs =
     "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
 // llama.cpp: "'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)" (unicode_regex_split_custom_gpt2)
-const std::string kGpt2Regex = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" + kWs + "\\p{L}\\p{N}]+|[" + kWs +
-                               "]+(?![^" + kWs + "])";
+const std::string kGpt2Regex = "'s|'t|'re|'ve|'m|'ll|'d| ?[" + kLetter + "]+| ?[" + kNumber + "]+| ?[^" + kWs + kLetter +
+                               kNumber + "]+|[" + kWs + "]+(?![^" + kWs + "])";
 
 struct PreTokenizerSpec {
   std::vector<std::string> regexes;  // applied one after another
@@ -52,10 +60,10 @@ struct PreTokenizerSpec {
 };
 
 Expected<PreTokenizerSpec> pre_tokenizer_spec(const std::string& name) {
-  if (name == "smollm") return PreTokenizerSpec{{"\\p{N}", kGpt2Regex}, false};
+  if (name == "smollm") return PreTokenizerSpec{{"[" + kNumber + "]", kGpt2Regex}, false};
   if (name == "gpt-2" || name == "gpt2") return PreTokenizerSpec{{kGpt2Regex}, true};
   if (name == "default" || name.empty()) {
-    return PreTokenizerSpec{{"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Regex, "\\p{N}+", "[0-9][0-9][0-9]"}, true};
+    return PreTokenizerSpec{{"[" + kPunct + "\\$\\+<=>\\^~\\|]+", kGpt2Regex, "[" + kNumber + "]+", "[0-9][0-9][0-9]"}, true};
   }
   return Error{ErrorKind::invalid_model, "unsupported pre-tokenizer '" + name +
                                              "' (tokenizer.ggml.pre); supported: smollm, default, gpt-2"};
