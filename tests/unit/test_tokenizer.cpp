@@ -410,3 +410,13 @@ TEST_CASE("tokenizer: malformed vocabularies are refused with a reason") {
     CHECK_FALSE(load(g).has_value());
   }
 }
+
+TEST_CASE("tokenizer: Unicode 15 code points are classed as llama.cpp's tables class them") {
+  // Kawi digits U+11F50/51 (numbers) and Nag Mundari letters U+1E4D0/D1, which PCRE2 10.42 (Unicode 14) does not
+  // know; ids from llama.cpp (llama-cpp-python 0.3.36). A sweep of every code point agreed after the fix.
+  const Tokenizer& tok = real_tokenizer();
+  const std::string text = from_hex("61f091bd90f091bd912062f09e9390f09e939120f091bd9078");
+  const std::vector<TokenId> expected = {81,  187, 235, 138, 234, 187, 235, 138, 235, 278, 187, 248,
+                                         237, 234, 187, 248, 237, 235, 216, 187, 235, 138, 234, 104};
+  CHECK(tok.encode(text, false, false) == expected);
+}
