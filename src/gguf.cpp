@@ -10,7 +10,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
+#include <optional>
 #include <sstream>
+#include <stdexcept>
 
 namespace troupe {
 
@@ -176,6 +179,9 @@ int64_t GgufTensor::rows() const {
 class GgufParser {
  public:
   GgufParser(const uint8_t* base, size_t size) : base_(base), size_(size) {}
+
+  // Parses the bytes the file points at into it.
+  static void run_on(GgufFile& file) { GgufParser(file.base_, file.size_).run(file); }
 
   void run(GgufFile& file) {
     ctx_.clear();  // header fields need no context
@@ -423,10 +429,31 @@ Error model_error(const std::string& path, const std::string& message) {
   return Error{ErrorKind::invalid_model, (path.empty() ? std::string("GGUF") : path) + ": " + message};
 }
 
+// Parses the bytes file.base_ and file.size_ point at into file; the error, if any, with what names the file in
+// messages. The limits keep every allocation proportionate to the file, but a system short of memory can still refuse
+// one: that, too, becomes an error value rather than an exception escaping the loader.
+std::optional<Error> parse_into(GgufFile& file, const std::string& what) {
+  auto out_of_memory = [&] {
+    return Error{ErrorKind::out_of_memory, (what.empty() ? std::string("GGUF") : what) + ": out of memory while loading"};
+  };
+  try {
+    GgufParser::run_on(file);
+  } catch (const ParseError& e) {
+    return model_error(what, e.message);
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  } catch (const std::length_error&) {
+    return out_of_memory();
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Expected<std::shared_ptr<const GgufFile>> GgufFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; it is refused below as not a
+  // regular file. The flag changes nothing for regular files.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return Error{ErrorKind::io, path + ": cannot open: " + std::strerror(errno)};
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -446,11 +473,7 @@ Expected<std::shared_ptr<const GgufFile>> GgufFile::open(const std::string& path
     file->base_ = static_cast<const uint8_t*>(m);
   }
   ::close(fd);
-  try {
-    GgufParser(file->base_, file->size_).run(*file);
-  } catch (const ParseError& e) {
-    return model_error(path, e.message);
-  }
+  if (auto err = parse_into(*file, path)) return *err;
   return std::shared_ptr<const GgufFile>(std::move(file));
 }
 
@@ -459,11 +482,7 @@ Expected<std::shared_ptr<const GgufFile>> GgufFile::parse(std::vector<uint8_t> b
   file->owned_ = std::move(bytes);
   file->base_ = file->owned_.data();
   file->size_ = file->owned_.size();
-  try {
-    GgufParser(file->base_, file->size_).run(*file);
-  } catch (const ParseError& e) {
-    return model_error("", e.message);
-  }
+  if (auto err = parse_into(*file, "")) return *err;
   return std::shared_ptr<const GgufFile>(std::move(file));
 }
 

@@ -24,9 +24,12 @@ check 'grep -Eq "^GGUF v[23]," <<<"$out"' "no GGUF version line: $(head -n 1 <<<
 # expect_error NAME FILE FRAGMENT: non-zero exit, exactly one stderr line starting "error:", containing FRAGMENT
 expect_error() {
   local name=$1 file=$2 fragment=$3 err rc
-  err=$("$troupe" inspect "$file" 2>&1 >/dev/null)
+  # timeout: a file that makes the loader wait (a FIFO with no writer) must fail, not hang the test
+  err=$(timeout 60 "$troupe" inspect "$file" 2>&1 >/dev/null)
   rc=$?
   if [ $rc -eq 0 ]; then fail "$name: exited 0"; return; fi
+  if [ $rc -eq 124 ]; then fail "$name: still running after 60 s"; return; fi
+  if [ $rc -ge 128 ]; then fail "$name: killed by signal $((rc - 128)): $err"; return; fi
   if [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ]; then fail "$name: not one line: $err"; return; fi
   if ! grep -q "^error: " <<<"$err"; then fail "$name: no 'error:' prefix: $err"; return; fi
   if ! grep -qi -- "$fragment" <<<"$err"; then fail "$name: '$fragment' not in: $err"; return; fi
@@ -43,6 +46,8 @@ expect_error "bad magic" "$tmp/bad_magic.gguf" "magic"
 expect_error "empty file" "$tmp/empty.gguf" "truncated"
 expect_error "missing path" "$tmp/does-not-exist.gguf" "does-not-exist.gguf"
 expect_error "a directory" "$tmp" "regular file"
+mkfifo "$tmp/fifo.gguf"
+expect_error "a FIFO" "$tmp/fifo.gguf" "regular file"
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -2,11 +2,15 @@
 // of malformed file is refused with a one-line Error naming what is wrong, without a crash or a huge allocation.
 // Also the real default model, opened from disk.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,10 +21,12 @@
 using namespace troupe;
 using namespace troupe::test;
 
-// ---- allocation tracking: the largest single operator new request while tracking is on ----
+// ---- allocation tracking: the largest single operator new request while tracking is on; and, to play a system
+// short of memory, a size above which requests fail while tracking is on ----
 namespace {
 std::atomic<bool> g_track{false};
 std::atomic<size_t> g_max_alloc{0};
+std::atomic<size_t> g_fail_above{SIZE_MAX};
 }  // namespace
 
 void* operator new(size_t n) {
@@ -28,6 +34,7 @@ void* operator new(size_t n) {
     size_t prev = g_max_alloc.load(std::memory_order_relaxed);
     while (n > prev && !g_max_alloc.compare_exchange_weak(prev, n, std::memory_order_relaxed)) {
     }
+    if (n > g_fail_above.load(std::memory_order_relaxed)) throw std::bad_alloc();
   }
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
@@ -352,6 +359,32 @@ TEST_CASE("gguf: metadata arrays have a total element budget") {
   CHECK(biggest < (1u << 20));
 }
 
+TEST_CASE("gguf: an allocation the system refuses is an error value, not an exception") {
+  // 4096 strings: the array's element vector (about 100 bytes per element) is the one large request.
+  std::vector<GVal> items(4096, gv::str("tok"));
+  GgufWriter w;
+  w.add("tokenizer.ggml.tokens", gv::arr(GgufValueType::string, items));
+  std::vector<uint8_t> bytes = w.build();
+  REQUIRE(expect_ok(bytes)->find("tokenizer.ggml.tokens")->items.size() == 4096);
+  g_fail_above = 64 * 1024;
+  g_max_alloc = 0;
+  g_track = true;
+  bool threw = false;
+  std::optional<Expected<std::shared_ptr<const GgufFile>>> r;
+  try {
+    r.emplace(GgufFile::parse(bytes));
+  } catch (...) {
+    threw = true;
+  }
+  g_track = false;
+  g_fail_above = SIZE_MAX;
+  REQUIRE_FALSE(threw);
+  REQUIRE(r.has_value());
+  REQUIRE_FALSE(r->has_value());
+  CHECK(r->error().kind == ErrorKind::out_of_memory);
+  CHECK(r->error().message == "GGUF: out of memory while loading");
+}
+
 TEST_CASE("gguf: dimensions whose product overflows") {
   {
     GgufWriter w;
@@ -629,6 +662,19 @@ TEST_CASE("gguf: to_display stays on one line") {
   CHECK(f->find("many")->to_display(3) == "[i32 x 20] 0, 1, 2, ...");
 }
 
+TEST_CASE("gguf: a long key with a long array parses in linear time") {
+  // Messages name the key; building them per element (not only on failure) would copy the key once per element.
+  GgufWriter w;
+  std::vector<GVal> empties(300000, gv::str(""));
+  w.add(std::string(1 << 20, 'k'), gv::arr(GgufValueType::string, empties));
+  std::vector<uint8_t> b = w.build();
+  auto start = std::chrono::steady_clock::now();
+  auto f = expect_ok(std::move(b));
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(f->metadata().at(0).second.items.size() == 300000);
+  CHECK_MESSAGE(seconds < 5.0, "parsing took " << seconds << " s");
+}
+
 TEST_CASE("gguf: a file without tensors") {
   GgufWriter w;
   w.add("general.architecture", gv::str("llama"));
@@ -647,6 +693,33 @@ TEST_CASE("gguf: opening files from disk") {
   CHECK(dir.error().message.find("not a regular file") != std::string::npos);
   auto empty = GgufFile::open("/dev/null");
   CHECK(!empty.has_value());
+
+  // A FIFO is refused without waiting for a writer (a blocking open would hang here for ever).
+  char dir_template[] = "/tmp/troupe-gguf-XXXXXX";
+  REQUIRE(mkdtemp(dir_template) != nullptr);
+  const std::string fifo = std::string(dir_template) + "/model.gguf";
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  auto pipe = GgufFile::open(fifo);
+  unlink(fifo.c_str());
+  rmdir(dir_template);
+  REQUIRE(!pipe.has_value());
+  CHECK(pipe.error().kind == ErrorKind::io);
+  CHECK(pipe.error().message == fifo + ": not a regular file");
+
+  // A file on disk gets its path in messages.
+  GgufWriter w = small_writer();
+  w.magic = 0;
+  char file_template[] = "/tmp/troupe-gguf-XXXXXX";
+  int fd = mkstemp(file_template);
+  REQUIRE(fd >= 0);
+  std::vector<uint8_t> bytes = w.build();
+  REQUIRE(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  close(fd);
+  auto bad = GgufFile::open(file_template);
+  unlink(file_template);
+  REQUIRE(!bad.has_value());
+  CHECK(bad.error().kind == ErrorKind::invalid_model);
+  CHECK(bad.error().message == std::string(file_template) + ": bad magic: not a GGUF file");
 }
 
 TEST_CASE("gguf: the real model") {
