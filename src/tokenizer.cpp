@@ -347,8 +347,62 @@ Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
   impl->add_bos = *add_bos && impl->bos >= 0;
   impl->add_eos = *add_eos && impl->eos >= 0;
 
+  // Fill-in-the-middle tokens (prefix, suffix, middle, pad, repo, file separator): named by the file, or else found
+  // by their text as llama.cpp does. Each one found is forced to control type; pad, repo and separator also end
+  // generation (SmolLM2's "<reponame>", id 4, is one). llama.cpp takes the first match in the iteration order of its
+  // std::unordered_map token_to_id, built by inserting the tokens in id order; the map below is built the same way
+  // so that a vocabulary with two candidates of one kind gets the same one.
+  enum { kFimPre, kFimSuf, kFimMid, kFimPad, kFimRep, kFimSep, kNFim };
+  TokenId fim[kNFim] = {-1, -1, -1, -1, -1, -1};
+  {
+    const char* const keys[kNFim][2] = {
+        {"tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"},
+        {"tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"},
+        {"tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"},
+        {"tokenizer.ggml.fim_pad_token_id", nullptr},
+        {"tokenizer.ggml.fim_rep_token_id", nullptr},
+        {"tokenizer.ggml.fim_sep_token_id", nullptr},
+    };
+    for (int k = 0; k < kNFim; ++k) {
+      for (const char* key : keys[k]) {  // the deprecated key, read second, wins as in llama.cpp
+        if (!key) continue;
+        auto id = read_special_id(file, key, fim[k], n_vocab);
+        if (!id) return id.error();
+        fim[k] = *id;
+      }
+    }
+    static const std::vector<std::string_view> kFimTexts[kNFim] = {
+        {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>",
+         "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>"},
+        {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "hole\xef\xbd\x9c>", "<SUF>",
+         "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>"},
+        {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>",
+         "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>"},
+        {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+        {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+        {"<|file_sep|>"},
+    };
+    std::unordered_map<std::string_view, TokenId> token_to_id;  // no reserve(): llama.cpp's map has none either
+    for (int32_t i = 0; i < n_vocab; ++i) token_to_id[impl->text[i]] = i;
+    for (const auto& [t, id] : token_to_id) {
+      for (int k = 0; k < kNFim; ++k) {
+        if (fim[k] >= 0) continue;
+        for (const std::string_view candidate : kFimTexts[k]) {
+          if (t == candidate) {
+            fim[k] = id;
+            impl->attr[id] |= kAttrControl;
+            break;
+          }
+        }
+      }
+    }
+  }
+
   // end of generation, as llama.cpp determines it from token texts and special ids
   impl->eog.assign(n_vocab, 0);
+  for (const TokenId id : {fim[kFimPad], fim[kFimRep], fim[kFimSep]}) {
+    if (id >= 0) impl->eog[id] = 1;
+  }
   for (int32_t i = 0; i < n_vocab; ++i) {
     const std::string& t = impl->text[i];
     if (t == "<|channel|>" || t == "<|message|>" || t == "<|start|>" || t == "<|constrain|>") {

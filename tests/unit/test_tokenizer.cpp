@@ -420,3 +420,33 @@ TEST_CASE("tokenizer: Unicode 15 code points are classed as llama.cpp's tables c
                                          237, 234, 187, 248, 237, 235, 216, 187, 235, 138, 234, 104};
   CHECK(tok.encode(text, false, false) == expected);
 }
+
+TEST_CASE("tokenizer: end-of-generation tokens are llama.cpp's") {
+  // llama_vocab_is_eog over the whole vocabulary (llama-cpp-python 0.3.36): <|endoftext|>, <|im_end|> and
+  // <reponame>, which llama.cpp takes for the fill-in-the-middle repository token.
+  const Tokenizer& tok = real_tokenizer();
+  std::vector<TokenId> eog;
+  for (TokenId id = 0; id < tok.n_vocab(); ++id) {
+    if (tok.is_eog(id)) eog.push_back(id);
+  }
+  CHECK(eog == std::vector<TokenId>{0, 2, 4});
+}
+
+TEST_CASE("tokenizer: fill-in-the-middle tokens are found by text or metadata as llama.cpp finds them") {
+  MiniGguf g;
+  g.kv_string("tokenizer.ggml.model", "gpt2");
+  g.kv_string("tokenizer.ggml.pre", "smollm");
+  g.kv_strings("tokenizer.ggml.tokens", {"a", "b", "<|fim_pad|>", "<fim_prefix>", "x"});
+  g.kv_i32s("tokenizer.ggml.token_type", {1, 1, 1, 1, 1});  // all normal: text detection makes FIM tokens control
+  g.kv_strings("tokenizer.ggml.merges", {});
+  g.kv_u32("tokenizer.ggml.fim_sep_token_id", 4);
+  auto tok = load(g);
+  REQUIRE_MESSAGE(tok.has_value(), (tok.has_value() ? "" : tok.error().message));
+  CHECK(tok->is_eog(2));        // pad ends generation
+  CHECK_FALSE(tok->is_eog(3));  // prefix does not ...
+  CHECK(tok->token_to_piece(3).empty());  // ... but is control now
+  CHECK(tok->token_to_piece(3, true) == "<fim_prefix>");
+  CHECK(tok->encode("a<fim_prefix>b", false, true) == std::vector<TokenId>{0, 3, 1});
+  CHECK(tok->is_eog(4));                  // named by metadata: ends generation ...
+  CHECK(tok->token_to_piece(4) == "x");  // ... and keeps its type
+}
