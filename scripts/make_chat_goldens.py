@@ -14,7 +14,8 @@ and a `tojson` filter and `strftime_now` global; none of the templates here use 
 
 Templates: SmolLM2's own (read from the GGUF with the `gguf` package), a plain multi-line ChatML, a Qwen2.5-style
 ChatML with whitespace control and a default system prompt, a Llama-2/Mistral-style template that calls
-raise_exception on a bad role order, and a "kitchen sink" template that exercises the rest of the supported subset.
+raise_exception on a bad role order, a "kitchen sink" template that exercises the rest of the supported subset, a
+Zephyr-style template, and one built on namespace(), slices and filtered loops.
 Output is deterministic: same jinja2 gives a byte-identical file.
 """
 
@@ -147,12 +148,46 @@ undefined=[{{ nothing }}][{{ nothing | default('dflt') }}][{{ nothing | length }
 trim-kept{% endif %}
 {% set outer = 'o' %}{% for i in [1] %}{% set outer = 'inner' %}{{ outer }}{% endfor %} {{ outer }}
 {{ ' a b '.strip() }}|{{ 'abc'.startswith('ab') }}|{{ 'abc'.endswith('x') }}|{{ 'a,b'.split(',') }}|{{ 'aXa'.replace('X', '-') }}
-{{ messages[0].get('role') }} {{ messages[0].get('missing', 'dv') }} {{ 'abc'.upper() }}
+{{ messages[0].get('role') }} {{ messages[0].get('missing', 'dv') }} {{ 'abc'.upper() }} {{ messages[0].get('x') }}
+{{ 'héllo Straße ÀÉ Привет Ωμέγα' | upper }} {{ 'ÀÉ ПРИВЕТ ΩΜΈΓΑ' | lower }} {{ 'éCOLE' | capitalize }}
+{% for k, v in {'a': 1, 'b': [2]}.items() %}{{ k }}={{ v }};{% endfor %} {{ range(3) | list }} {{ [3, 1] | first }}
 {%- for m in messages -%}
   <{{- m.role -}}>
 {%- endfor %}
 tail {{ bos_token }}{{ eos_token }}
 """
+
+# Zephyr style: one tag per role, the generation prompt after the last message.
+ZEPHYR_STYLE = """{% for message in messages %}
+{% if message['role'] == 'user' %}
+{{ '<|user|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'system' %}
+{{ '<|system|>\n' + message['content'] + eos_token }}
+{% elif message['role'] == 'assistant' %}
+{{ '<|assistant|>\n'  + message['content'] + eos_token }}
+{% endif %}
+{% if loop.last and add_generation_prompt %}
+{{ '<|assistant|>' }}
+{% endif %}
+{% endfor %}"""
+
+# A namespace() carried across the loop, a reversed walk over the messages, a filtered loop and {% set %} blocks.
+NAMESPACE_STYLE = """{%- set ns = namespace(last_user=-1, n_user=0) %}
+{%- for m in messages[::-1] %}
+    {%- if ns.last_user == -1 and m.role == 'user' %}
+        {%- set ns.last_user = messages | length - 1 - loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{%- for m in messages if m.role != 'system' %}
+    {%- set ns.n_user = ns.n_user + (1 if m.role == 'user' else 0) %}
+    {%- set header %}<|{{ m.role }}|> #{{ loop.index }}/{{ loop.length }}{% endset %}
+    {{- header }}
+    {%- if loop.index0 + (1 if messages[0].role == 'system' else 0) == ns.last_user %} (last user turn){% endif %}
+{{ m.content | trim }}
+{% endfor %}
+{%- if add_generation_prompt -%}
+    <|assistant|> after {{ ns.n_user }} user turn{{ 's' if ns.n_user != 1 }}
+{% endif %}"""
 
 M_USER = {"role": "user", "content": "Hello!"}
 M_SYS = {"role": "system", "content": "You are a terse assistant."}
@@ -216,6 +251,8 @@ def main():
         ("qwen_style", QWEN_STYLE, CONVERSATIONS, "", ""),
         ("alternating_roles", ALTERNATING, CONVERSATIONS[:4] + BAD_ORDER, "<s>", "</s>"),
         ("kitchen_sink", KITCHEN_SINK, CONVERSATIONS[:4], "<s>", "</s>"),
+        ("zephyr_style", ZEPHYR_STYLE, CONVERSATIONS, "<s>", "</s>"),
+        ("namespace_style", NAMESPACE_STYLE, CONVERSATIONS, "", ""),
     ]
     out = {"settings": SETTINGS, "templates": []}
     n = 0

@@ -16,8 +16,8 @@ Expected<std::string> ChatTemplate::render(const std::vector<ChatMessage>& messa
   jinja::List list;
   list.reserve(messages.size());
   for (const ChatMessage& m : messages) {
-    list.push_back(jinja::Value::make_map({{"role", jinja::Value::string(m.role)},
-                                           {"content", jinja::Value::string(m.content)}}));
+    list.push_back(
+        jinja::Value::make_map({{"role", jinja::Value::string(m.role)}, {"content", jinja::Value::string(m.content)}}));
   }
   const jinja::Map variables = {
       {"messages", jinja::Value::make_list(std::move(list))},

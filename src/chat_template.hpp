@@ -23,7 +23,7 @@
 //   filters     trim length count default/d upper lower string first last join capitalize replace list int abs reverse
 //   methods     str: strip lstrip rstrip upper lower startswith endswith replace split; dict: get items keys values
 // Not supported (parse() reports the line and column): floats and '/', tuples, macros, call/filter/raw blocks,
-// includes, other filters and tests. upper/lower change only ASCII letters.
+// includes, other filters and tests. upper/lower know ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic.
 #pragma once
 
 #include <memory>

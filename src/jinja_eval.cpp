@@ -12,191 +12,7 @@
 
 namespace troupe::jinja {
 
-// ---------------------------------------------------------------------------------------------------------------
-// Values: helpers shared by the evaluator
-// ---------------------------------------------------------------------------------------------------------------
-
-const Value* Value::find(std::string_view key) const {
-  if (kind != Kind::map) return nullptr;
-  for (const auto& [k, v] : *map) {
-    if (k == key) return &v;
-  }
-  return nullptr;
-}
-
-Value* Value::find(std::string_view key) {
-  return const_cast<Value*>(static_cast<const Value&>(*this).find(key));
-}
-
-namespace {
-
 using Kind = Value::Kind;
-
-// Byte offsets of the code points of a UTF-8 string, plus one past the end.
-std::vector<size_t> code_points(const std::string& s) {
-  std::vector<size_t> offsets;
-  for (size_t k = 0; k < s.size(); ++k) {
-    if ((static_cast<unsigned char>(s[k]) & 0xC0) != 0x80) offsets.push_back(k);
-  }
-  offsets.push_back(s.size());
-  return offsets;
-}
-
-uint32_t decode_at(const std::string& s, size_t k) {
-  auto b = [&](size_t j) { return j < s.size() ? static_cast<unsigned char>(s[j]) : 0u; };
-  uint32_t c = b(k);
-  if (c < 0x80) return c;
-  if ((c & 0xE0) == 0xC0) return ((c & 0x1F) << 6) | (b(k + 1) & 0x3F);
-  if ((c & 0xF0) == 0xE0) return ((c & 0x0F) << 12) | ((b(k + 1) & 0x3F) << 6) | (b(k + 2) & 0x3F);
-  return ((c & 0x07) << 18) | ((b(k + 1) & 0x3F) << 12) | ((b(k + 2) & 0x3F) << 6) | (b(k + 3) & 0x3F);
-}
-
-// Python's str.isspace() for one code point.
-bool py_space(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// Python's str.strip/lstrip/rstrip: chars empty means whitespace.
-std::string py_strip(const std::string& s, bool left, bool right, const std::string* chars = nullptr) {
-  std::vector<uint32_t> set;
-  if (chars) {
-    auto cps = code_points(*chars);
-    for (size_t k = 0; k + 1 < cps.size(); ++k) set.push_back(decode_at(*chars, cps[k]));
-  }
-  auto strip_it = [&](uint32_t c) { return chars ? std::find(set.begin(), set.end(), c) != set.end() : py_space(c); };
-  auto cps = code_points(s);
-  size_t n = cps.size() - 1, first = 0, last = n;
-  if (left) {
-    while (first < n && strip_it(decode_at(s, cps[first]))) ++first;
-  }
-  if (right) {
-    while (last > first && strip_it(decode_at(s, cps[last - 1]))) --last;
-  }
-  return s.substr(cps[first], cps[last] - cps[first]);
-}
-
-std::string ascii_case(std::string s, bool upper) {
-  for (char& c : s) c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c))
-                                                : std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-const char* type_name(const Value& v) {
-  switch (v.kind) {
-    case Kind::undefined: return "Undefined";
-    case Kind::none: return "NoneType";
-    case Kind::boolean: return "bool";
-    case Kind::integer: return "int";
-    case Kind::string: return "str";
-    case Kind::list: return "list";
-    case Kind::map: return v.is_namespace ? "Namespace" : "dict";
-  }
-  return "?";
-}
-
-bool is_number(const Value& v) { return v.kind == Kind::integer || v.kind == Kind::boolean; }
-int64_t as_int(const Value& v) { return v.kind == Kind::boolean ? (v.b ? 1 : 0) : v.i; }
-
-bool truthy(const Value& v) {
-  switch (v.kind) {
-    case Kind::undefined:
-    case Kind::none: return false;
-    case Kind::boolean: return v.b;
-    case Kind::integer: return v.i != 0;
-    case Kind::string: return !v.s.empty();
-    case Kind::list: return !v.list->empty();
-    case Kind::map: return v.is_namespace || !v.map->empty();
-  }
-  return false;
-}
-
-bool equals(const Value& a, const Value& b) {
-  if (is_number(a) && is_number(b)) return as_int(a) == as_int(b);
-  if (a.kind != b.kind) return false;
-  switch (a.kind) {
-    case Kind::undefined:
-    case Kind::none: return true;
-    case Kind::string: return a.s == b.s;
-    case Kind::list:
-      if (a.list->size() != b.list->size()) return false;
-      for (size_t k = 0; k < a.list->size(); ++k) {
-        if (!equals((*a.list)[k], (*b.list)[k])) return false;
-      }
-      return true;
-    case Kind::map:
-      if (a.map == b.map) return true;
-      if (a.is_namespace || b.is_namespace || a.map->size() != b.map->size()) return false;
-      for (const auto& [k, v] : *a.map) {
-        const Value* other = b.find(k);
-        if (!other || !equals(v, *other)) return false;
-      }
-      return true;
-    default: return false;
-  }
-}
-
-// Python's repr of a str: single quotes unless the text has ' and no ".
-std::string repr_string(const std::string& s) {
-  char quote = (s.find('\'') != std::string::npos && s.find('"') == std::string::npos) ? '"' : '\'';
-  std::string out(1, quote);
-  auto cps = code_points(s);
-  char buf[16];
-  for (size_t k = 0; k + 1 < cps.size(); ++k) {
-    uint32_t c = decode_at(s, cps[k]);
-    if (c == '\\') out += "\\\\";
-    else if (c == static_cast<uint32_t>(quote)) { out += '\\'; out += quote; }
-    else if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || (c >= 0x7F && c <= 0xA0) || c == 0xAD) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else if (c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) ||
-               (c >= 0x205F && c <= 0x2064) || c == 0x3000 || c == 0xFEFF) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out.append(s, cps[k], cps[k + 1] - cps[k]);
-    }
-  }
-  out += quote;
-  return out;
-}
-
-}  // namespace
-
-std::string repr(const Value& v) {
-  switch (v.kind) {
-    case Kind::string: return repr_string(v.s);
-    case Kind::list: {
-      std::string out = "[";
-      for (size_t k = 0; k < v.list->size(); ++k) out += (k ? ", " : "") + repr((*v.list)[k]);
-      return out + "]";
-    }
-    case Kind::map: {
-      std::string out = v.is_namespace ? "<Namespace {" : "{";
-      bool first = true;
-      for (const auto& [k, x] : *v.map) {
-        out += (first ? "" : ", ") + repr_string(k) + ": " + repr(x);
-        first = false;
-      }
-      return out + (v.is_namespace ? "}>" : "}");
-    }
-    default: return to_str(v);
-  }
-}
-
-std::string to_str(const Value& v) {
-  switch (v.kind) {
-    case Kind::undefined: return "";
-    case Kind::none: return "None";
-    case Kind::boolean: return v.b ? "True" : "False";
-    case Kind::integer: return std::to_string(v.i);
-    case Kind::string: return v.s;
-    default: return repr(v);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Evaluator
@@ -205,8 +21,8 @@ std::string to_str(const Value& v) {
 namespace {
 
 // Propagates an Error out of a function returning Expected<...>.
-#define JINJA_TRY(var, expr)           \
-  auto var##_result = (expr);          \
+#define JINJA_TRY(var, expr)                      \
+  auto var##_result = (expr);                     \
   if (!var##_result) return var##_result.error(); \
   auto& var = *var##_result
 
@@ -238,8 +54,8 @@ class Evaluator {
  private:
   Error fail(size_t pos, const std::string& message) const {
     auto [line, col] = line_column(program_.source, pos);
-    return Error{ErrorKind::invalid_argument, "chat template: line " + std::to_string(line) + ", column " +
-                                                  std::to_string(col) + ": " + message};
+    return Error{ErrorKind::invalid_argument,
+                 "chat template: line " + std::to_string(line) + ", column " + std::to_string(col) + ": " + message};
   }
   Error undefined_error(size_t pos, const Value& v) const {
     return fail(pos, v.s.empty() ? "value is undefined" : v.s.front() == '\'' ? v.s : "'" + v.s + "' is undefined");
@@ -276,7 +92,9 @@ class Evaluator {
 
   Expected<Flow> exec(const Stmt& s) {
     switch (s.kind) {
-      case Stmt::Kind::text: out_ += s.text; return Flow::normal;
+      case Stmt::Kind::text:
+        out_ += s.text;
+        return Flow::normal;
       case Stmt::Kind::output: {
         JINJA_TRY(v, eval(*s.expr));
         out_ += to_str(v);
@@ -289,22 +107,29 @@ class Evaluator {
         }
         return exec(s.else_body);
       }
-      case Stmt::Kind::for_: return exec_for(s);
-      case Stmt::Kind::set: return exec_set(s);
-      case Stmt::Kind::break_: return Flow::break_;
-      case Stmt::Kind::continue_: return Flow::continue_;
+      case Stmt::Kind::for_:
+        return exec_for(s);
+      case Stmt::Kind::set:
+        return exec_set(s);
+      case Stmt::Kind::break_:
+        return Flow::break_;
+      case Stmt::Kind::continue_:
+        return Flow::continue_;
     }
     return Flow::normal;
   }
 
   Expected<Value> iterate(size_t pos, const Value& v) {
     switch (v.kind) {
-      case Kind::undefined: return Value::make_list();
-      case Kind::list: return v;
+      case Kind::undefined:
+        return Value::make_list();
+      case Kind::list:
+        return v;
       case Kind::string: {
         List chars;
         auto cps = code_points(v.s);
-        for (size_t k = 0; k + 1 < cps.size(); ++k) chars.push_back(Value::string(v.s.substr(cps[k], cps[k + 1] - cps[k])));
+        for (size_t k = 0; k + 1 < cps.size(); ++k)
+          chars.push_back(Value::string(v.s.substr(cps[k], cps[k + 1] - cps[k])));
         return Value::make_list(std::move(chars));
       }
       case Kind::map: {
@@ -313,7 +138,8 @@ class Evaluator {
         for (const auto& [k, x] : *v.map) keys.push_back(Value::string(k));
         return Value::make_list(std::move(keys));
       }
-      default: break;
+      default:
+        break;
     }
     return fail(pos, std::string("'") + type_name(v) + "' object is not iterable");
   }
@@ -324,8 +150,8 @@ class Evaluator {
       return true;
     }
     if (item.kind != Kind::list || item.list->size() != s.targets.size()) {
-      return fail(s.pos, "cannot unpack " + std::string(type_name(item)) + " into " +
-                             std::to_string(s.targets.size()) + " loop variables");
+      return fail(s.pos, "cannot unpack " + std::string(type_name(item)) + " into " + std::to_string(s.targets.size()) +
+                             " loop variables");
     }
     for (size_t k = 0; k < s.targets.size(); ++k) assign(scope, s.targets[k], (*item.list)[k]);
     return true;
@@ -401,7 +227,8 @@ class Evaluator {
 
   Expected<Value> eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::literal: return e.value;
+      case Expr::Kind::literal:
+        return e.value;
       case Expr::Kind::list: {
         List items;
         for (const auto& a : e.args) {
@@ -418,7 +245,8 @@ class Evaluator {
         }
         return Value::make_map(std::move(items));
       }
-      case Expr::Kind::name: return lookup(e.name);
+      case Expr::Kind::name:
+        return lookup(e.name);
       case Expr::Kind::getattr: {
         JINJA_TRY(obj, eval(*e.args[0]));
         if (obj.is_undefined()) return undefined_error(e.pos, obj);
@@ -430,7 +258,8 @@ class Evaluator {
         JINJA_TRY(key, eval(*e.args[1]));
         return getitem(e.pos, obj, key);
       }
-      case Expr::Kind::slice: return eval_slice(e);
+      case Expr::Kind::slice:
+        return eval_slice(e);
       case Expr::Kind::unary: {
         JINJA_TRY(v, eval(*e.args[0]));
         if (e.name == "not") return Value::boolean(!truthy(v));
@@ -465,12 +294,14 @@ class Evaluator {
         if (e.args[2]) return eval(*e.args[2]);
         return Value::undefined();
       }
-      case Expr::Kind::filter: return eval_filter(e);
+      case Expr::Kind::filter:
+        return eval_filter(e);
       case Expr::Kind::test: {
         JINJA_TRY(ok, eval_test(e));
         return Value::boolean(ok != e.negated);
       }
-      case Expr::Kind::call: return eval_call(e);
+      case Expr::Kind::call:
+        return eval_call(e);
     }
     return fail(e.pos, "internal error: unknown expression");
   }
@@ -492,7 +323,8 @@ class Evaluator {
       }
       int64_t k = as_int(key);
       if (k < 0) k += n;
-      if (k < 0 || k >= n) return Value::undefined(std::string("'") + type_name(obj) + " object' has no element " + to_str(key));
+      if (k < 0 || k >= n)
+        return Value::undefined(std::string("'") + type_name(obj) + " object' has no element " + to_str(key));
       if (obj.kind == Kind::list) return (*obj.list)[k];
       return Value::string(obj.s.substr(cps[k], cps[k + 1] - cps[k]));
     }
@@ -520,8 +352,10 @@ class Evaluator {
     List items;
     std::string text;
     for (int64_t k = lo; step > 0 ? k < hi : k > hi; k += step) {
-      if (obj.kind == Kind::list) items.push_back((*obj.list)[k]);
-      else text.append(obj.s, cps[k], cps[k + 1] - cps[k]);
+      if (obj.kind == Kind::list)
+        items.push_back((*obj.list)[k]);
+      else
+        text.append(obj.s, cps[k], cps[k + 1] - cps[k]);
     }
     if (obj.kind == Kind::list) return Value::make_list(std::move(items));
     return Value::string(std::move(text));
@@ -597,7 +431,8 @@ class Evaluator {
 
   Expected<bool> contains(size_t pos, const Value& item, const Value& container) {
     switch (container.kind) {
-      case Kind::undefined: return false;
+      case Kind::undefined:
+        return false;
       case Kind::string:
         if (item.kind != Kind::string) {
           return fail(pos, std::string("'in <string>' requires string as left operand, not ") + type_name(item));
@@ -608,8 +443,10 @@ class Evaluator {
           if (equals(item, x)) return true;
         }
         return false;
-      case Kind::map: return item.kind == Kind::string && !container.is_namespace && container.find(item.s) != nullptr;
-      default: return fail(pos, std::string("argument of type '") + type_name(container) + "' is not iterable");
+      case Kind::map:
+        return item.kind == Kind::string && !container.is_namespace && container.find(item.s) != nullptr;
+      default:
+        return fail(pos, std::string("argument of type '") + type_name(container) + "' is not iterable");
     }
   }
 
@@ -659,13 +496,17 @@ class Evaluator {
 
   Expected<Value> length(size_t pos, const Value& v) {
     switch (v.kind) {
-      case Kind::undefined: return Value::integer(0);
-      case Kind::string: return Value::integer(static_cast<int64_t>(code_points(v.s).size()) - 1);
-      case Kind::list: return Value::integer(static_cast<int64_t>(v.list->size()));
+      case Kind::undefined:
+        return Value::integer(0);
+      case Kind::string:
+        return Value::integer(static_cast<int64_t>(code_points(v.s).size()) - 1);
+      case Kind::list:
+        return Value::integer(static_cast<int64_t>(v.list->size()));
       case Kind::map:
         if (!v.is_namespace) return Value::integer(static_cast<int64_t>(v.map->size()));
         break;
-      default: break;
+      default:
+        break;
     }
     return fail(pos, std::string("object of type '") + type_name(v) + "' has no len()");
   }
@@ -691,12 +532,12 @@ class Evaluator {
       std::string set = chars && chars->kind != Kind::none ? to_str(*chars) : "";
       return Value::string(py_strip(to_str(v), true, true, chars && chars->kind != Kind::none ? &set : nullptr));
     }
-    if (f == "upper" || f == "lower") return Value::string(ascii_case(to_str(v), f == "upper"));
+    if (f == "upper" || f == "lower") return Value::string(change_case(to_str(v), f == "upper"));
     if (f == "string") return Value::string(to_str(v));
     if (f == "capitalize") {
-      std::string s = ascii_case(to_str(v), false);
-      if (!s.empty()) s[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s[0])));
-      return Value::string(std::move(s));
+      std::string s = to_str(v);
+      size_t first = s.empty() ? 0 : code_points(s)[1];
+      return Value::string(change_case(s.substr(0, first), true) + change_case(s.substr(first), false));
     }
     if (f == "replace") {
       std::string s = to_str(v), from = str_arg(0, "old", ""), to = str_arg(1, "new", "");
@@ -740,20 +581,6 @@ class Evaluator {
     return fail(e.pos, "no filter named '" + f + "'");
   }
 
-  static std::string replace_all(std::string s, const std::string& from, const std::string& to,
-                                 int64_t count = -1) {
-    if (from.empty()) return s;  // Python inserts `to` between characters; not needed by chat templates
-    std::string out;
-    size_t k = 0;
-    for (size_t hit; count != 0 && (hit = s.find(from, k)) != std::string::npos; --count) {
-      out.append(s, k, hit - k);
-      out += to;
-      k = hit + from.size();
-    }
-    out.append(s, k, std::string::npos);
-    return out;
-  }
-
   Expected<bool> eval_test(const Expr& e) {
     JINJA_TRY(v, eval(*e.args[0]));
     JINJA_TRY(args, eval_args(e));
@@ -768,9 +595,11 @@ class Evaluator {
     if (t == "true") return v.kind == Kind::boolean && v.b;
     if (t == "false") return v.kind == Kind::boolean && !v.b;
     if (t == "mapping") return v.kind == Kind::map && !v.is_namespace;
-    if (t == "sequence") return v.kind == Kind::string || v.kind == Kind::list || (v.kind == Kind::map && !v.is_namespace);
-    if (t == "iterable") return v.kind == Kind::string || v.kind == Kind::list || v.kind == Kind::undefined ||
-                                (v.kind == Kind::map && !v.is_namespace);
+    if (t == "sequence")
+      return v.kind == Kind::string || v.kind == Kind::list || (v.kind == Kind::map && !v.is_namespace);
+    if (t == "iterable")
+      return v.kind == Kind::string || v.kind == Kind::list || v.kind == Kind::undefined ||
+             (v.kind == Kind::map && !v.is_namespace);
     if (t == "odd" || t == "even" || t == "divisibleby") {
       if (!is_number(v)) return fail(e.pos, std::string("test '") + t + "' needs an integer");
       int64_t x = as_int(v);
@@ -785,7 +614,8 @@ class Evaluator {
     if (t == "eq" || t == "equalto") return equals(v, *other);
     if (t == "ne") return !equals(v, *other);
     if (t == "in") return contains(e.pos, v, *other);
-    static const std::pair<const char*, const char*> ordering[] = {{"lt", "<"}, {"gt", ">"}, {"le", "<="}, {"ge", ">="}};
+    static const std::pair<const char*, const char*> ordering[] = {
+        {"lt", "<"}, {"gt", ">"}, {"le", "<="}, {"ge", ">="}};
     for (const auto& [name, op] : ordering) {
       if (t == name) return compare(e.pos, op, v, *other);
     }
@@ -849,13 +679,13 @@ class Evaluator {
         const Value* chars = str_at(0, "chars");
         return Value::string(py_strip(s, name != "rstrip", name != "lstrip", chars ? &chars->s : nullptr));
       }
-      if (name == "upper" || name == "lower") return Value::string(ascii_case(s, name == "upper"));
+      if (name == "upper" || name == "lower") return Value::string(change_case(s, name == "upper"));
       if (name == "startswith" || name == "endswith") {
         const Value* affix = str_at(0, name == "startswith" ? "prefix" : "suffix");
         if (!affix) return fail(pos, name + "() needs a string argument");
         const std::string& a = affix->s;
-        bool ok = a.size() <= s.size() &&
-                  (name == "startswith" ? s.compare(0, a.size(), a) == 0 : s.compare(s.size() - a.size(), a.size(), a) == 0);
+        bool ok = a.size() <= s.size() && (name == "startswith" ? s.compare(0, a.size(), a) == 0
+                                                                : s.compare(s.size() - a.size(), a.size(), a) == 0);
         return Value::boolean(ok);
       }
       if (name == "replace") {
@@ -901,8 +731,10 @@ class Evaluator {
       if (name == "items" || name == "keys" || name == "values") {
         List items;
         for (const auto& [k, v] : *obj.map) {
-          if (name == "items") items.push_back(Value::make_list({Value::string(k), v}));
-          else items.push_back(name == "keys" ? Value::string(k) : v);
+          if (name == "items")
+            items.push_back(Value::make_list({Value::string(k), v}));
+          else
+            items.push_back(name == "keys" ? Value::string(k) : v);
         }
         return Value::make_list(std::move(items));
       }

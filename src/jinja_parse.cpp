@@ -1,280 +1,28 @@
-// jinja_parse.cpp: lexer and parser for the Jinja subset (see jinja.hpp).
-// The lexer follows jinja2's lexer.py rule by rule, because that is where the whitespace behaviour lives:
-//   - newlines are normalised to \n and, with keep_trailing_newline=False, one final \n is dropped;
-//   - {%- {{- {#- strip all whitespace before the tag; -%} -}} -#} strip all whitespace after it;
-//   - trim_blocks: one \n directly after %} or #} is dropped (not after }}; +%} keeps it);
-//   - lstrip_blocks: spaces and tabs between the start of a line and {% or {# are dropped (not before {{; {%+ keeps
-//     them). "Start of a line" includes the position right after a tag whose match ended with \n.
-#include <cctype>
+// jinja_parse.cpp: the recursive-descent parser of the Jinja subset (see jinja.hpp), over jinja_lexer's tokens.
+// Expressions follow jinja2's precedence: inline if < or < and < not < comparisons < + - < ~ < * // % < ** < unary
+// minus < postfix (.a [i] [a:b] (args)) < filters and tests.
+#include <algorithm>
 #include <initializer_list>
 #include <string>
 
 #include "jinja.hpp"
+#include "jinja_lexer.hpp"
 
 namespace troupe::jinja {
 
 namespace {
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
-// ---------------------------------------------------------------------------------------------------------------
-// Lexer
-// ---------------------------------------------------------------------------------------------------------------
-
-enum class Tok { data, var_begin, var_end, block_begin, block_end, name, string, integer, op, eof };
-
-struct Token {
-  Tok type = Tok::eof;
-  std::string text;  // data, name, operator, or the unescaped string
-  int64_t value = 0; // integer
-  size_t pos = 0;
-};
-
-class Lexer {
- public:
-  explicit Lexer(const std::string& src) : src_(src) {}
-
-  // Tokens, or the first error.
-  bool run() {
-    bool line_starting = true;
-    while (pos_ < src_.size()) {
-      size_t tag = find_tag(pos_);
-      if (tag == std::string::npos) {
-        push(Tok::data, src_.substr(pos_), pos_);
-        pos_ = src_.size();
-        break;
-      }
-      char kind = src_[tag + 1];  // '{', '%' or '#'
-      char sign = tag + 2 < src_.size() ? src_[tag + 2] : 0;
-      if (sign != '-' && sign != '+') sign = 0;
-      std::string text = src_.substr(pos_, tag - pos_);
-      if (sign == '-') {
-        size_t end = text.size();
-        while (end > 0 && is_space(text[end - 1])) --end;
-        text.resize(end);
-      } else if (sign != '+' && kind != '{') {  // lstrip_blocks
-        size_t l_pos = text.rfind('\n');
-        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
-        if ((l_pos > 0 || line_starting) && l_pos < text.size()) {
-          bool blank = true;
-          for (size_t k = l_pos; k < text.size(); ++k) blank = blank && is_space(text[k]);
-          if (blank) text.resize(l_pos);
-        }
-      }
-      if (!text.empty()) push(Tok::data, text, pos_);
-      pos_ = tag + 2 + (sign ? 1 : 0);
-      if (kind == '#') {
-        if (!comment(tag)) return false;
-        line_starting = src_[pos_ - 1] == '\n';
-        continue;
-      }
-      push(kind == '{' ? Tok::var_begin : Tok::block_begin, "", tag);
-      if (!inside_tag(kind, tag)) return false;
-      line_starting = src_[pos_ - 1] == '\n';
-    }
-    push(Tok::eof, "", src_.size());
-    return true;
-  }
-
-  std::vector<Token> tokens;
-  std::string error;
-  size_t error_pos = 0;
-
- private:
-  void push(Tok type, std::string text, size_t pos, int64_t value = 0) {
-    tokens.push_back(Token{type, std::move(text), value, pos});
-  }
-  bool fail(size_t pos, std::string message) {
-    error = std::move(message);
-    error_pos = pos;
-    return false;
-  }
-  bool starts(size_t pos, std::string_view s) const { return src_.compare(pos, s.size(), s) == 0; }
-
-  size_t find_tag(size_t from) const {
-    for (size_t p = src_.find('{', from); p != std::string::npos; p = src_.find('{', p + 1)) {
-      if (p + 1 < src_.size() && (src_[p + 1] == '{' || src_[p + 1] == '%' || src_[p + 1] == '#')) return p;
-    }
-    return std::string::npos;
-  }
-
-  // After an end marker: "-X}" eats all following whitespace, "+X}" nothing, "X}" one \n if trim (blocks only).
-  void after_end(char sign, bool trim) {
-    if (sign == '-') {
-      while (pos_ < src_.size() && is_space(src_[pos_])) ++pos_;
-    } else if (sign == 0 && trim && pos_ < src_.size() && src_[pos_] == '\n') {
-      ++pos_;
-    }
-  }
-
-  bool comment(size_t tag) {
-    size_t end = src_.find("#}", pos_);
-    if (end == std::string::npos) return fail(tag, "missing end of comment tag");
-    char sign = 0;
-    if (end > pos_ && (src_[end - 1] == '-' || src_[end - 1] == '+')) sign = src_[end - 1];
-    pos_ = end + 2;
-    after_end(sign, true);
-    return true;
-  }
-
-  // Expression tokens up to and including the end marker of a {{ or {% tag.
-  bool inside_tag(char kind, size_t tag) {
-    const char* close = kind == '{' ? "}}" : "%}";
-    std::vector<char> balance;
-    while (true) {
-      while (pos_ < src_.size() && is_space(src_[pos_])) ++pos_;
-      if (pos_ >= src_.size()) return fail(tag, "unexpected end of template: tag is not closed");
-      size_t start = pos_;
-      if (balance.empty()) {
-        char sign = 0;
-        if ((src_[pos_] == '-' || (src_[pos_] == '+' && kind == '%')) && starts(pos_ + 1, close)) sign = src_[pos_];
-        if (sign || starts(pos_, close)) {
-          pos_ += 2 + (sign ? 1 : 0);
-          after_end(sign, kind == '%');
-          push(kind == '{' ? Tok::var_end : Tok::block_end, "", start);
-          return true;
-        }
-      }
-      char c = src_[pos_];
-      if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
-        while (pos_ < src_.size() && (std::isalnum(static_cast<unsigned char>(src_[pos_])) || src_[pos_] == '_')) ++pos_;
-        push(Tok::name, src_.substr(start, pos_ - start), start);
-      } else if (std::isdigit(static_cast<unsigned char>(c))) {
-        if (!number(start)) return false;
-      } else if (c == '\'' || c == '"') {
-        if (!string(start)) return false;
-      } else {
-        static const char* ops[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[", "]",
-                                    "(", ")", "{", "}", ">", "<", "=", ".", ":", "|", ",", ";"};
-        std::string op;
-        for (const char* o : ops) {
-          if (starts(pos_, o)) { op = o; break; }
-        }
-        if (op.empty()) return fail(start, std::string("unexpected character '") + c + "'");
-        if (op == "(" || op == "[" || op == "{") balance.push_back(op == "(" ? ')' : op == "[" ? ']' : '}');
-        if (op == ")" || op == "]" || op == "}") {
-          if (balance.empty()) return fail(start, "unexpected '" + op + "'");
-          if (balance.back() != op[0]) {
-            return fail(start, "unexpected '" + op + "', expected '" + std::string(1, balance.back()) + "'");
-          }
-          balance.pop_back();
-        }
-        pos_ += op.size();
-        push(Tok::op, op, start);
-      }
-    }
-  }
-
-  bool number(size_t start) {
-    int64_t value = 0;
-    while (pos_ < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[pos_])) || src_[pos_] == '_')) {
-      if (src_[pos_] != '_') {
-        if (value > (INT64_MAX - 9) / 10) return fail(start, "integer literal too large");
-        value = value * 10 + (src_[pos_] - '0');
-      }
-      ++pos_;
-    }
-    if (pos_ + 1 < src_.size() && src_[pos_] == '.' && std::isdigit(static_cast<unsigned char>(src_[pos_ + 1]))) {
-      return fail(start, "unsupported construct: float literal");
-    }
-    if (pos_ < src_.size() && (src_[pos_] == 'e' || src_[pos_] == 'E' || src_[pos_] == 'x' || src_[pos_] == 'o' ||
-                               src_[pos_] == 'b')) {
-      return fail(start, "unsupported construct: number literal");
-    }
-    push(Tok::integer, src_.substr(start, pos_ - start), start, value);
-    return true;
-  }
-
-  static void append_utf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-      out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-      out += static_cast<char>(0xC0 | (cp >> 6));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      out += static_cast<char>(0xE0 | (cp >> 12));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (cp >> 18));
-      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-  }
-
-  // A quoted string, unescaped the way jinja2 does it (Python's "unicode-escape" codec).
-  bool string(size_t start) {
-    char quote = src_[pos_++];
-    std::string out;
-    while (true) {
-      if (pos_ >= src_.size()) return fail(start, "unterminated string literal");
-      char c = src_[pos_++];
-      if (c == quote) break;
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      if (pos_ >= src_.size()) return fail(start, "unterminated string literal");
-      char e = src_[pos_++];
-      auto hex = [&](int n) -> bool {
-        if (pos_ + n > src_.size()) return false;
-        uint32_t cp = 0;
-        for (int k = 0; k < n; ++k) {
-          char h = src_[pos_ + k];
-          if (!std::isxdigit(static_cast<unsigned char>(h))) return false;
-          cp = cp * 16 + (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
-        }
-        if (cp > 0x10FFFF) return false;
-        pos_ += n;
-        append_utf8(out, cp);
-        return true;
-      };
-      switch (e) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'v': out += '\v'; break;
-        case '\n': break;  // line continuation
-        case 'x': if (!hex(2)) return fail(start, "bad \\x escape in string literal"); break;
-        case 'u': if (!hex(4)) return fail(start, "bad \\u escape in string literal"); break;
-        case 'U': if (!hex(8)) return fail(start, "bad \\U escape in string literal"); break;
-        default:
-          if (e >= '0' && e <= '7') {
-            uint32_t cp = e - '0';
-            for (int k = 0; k < 2 && pos_ < src_.size() && src_[pos_] >= '0' && src_[pos_] <= '7'; ++k) {
-              cp = cp * 8 + (src_[pos_++] - '0');
-            }
-            append_utf8(out, cp);
-          } else {
-            out += '\\';  // unknown escapes are kept as written
-            out += e;
-          }
-      }
-    }
-    push(Tok::string, out, start);
-    return true;
-  }
-
-  const std::string& src_;
-  size_t pos_ = 0;
-};
-
 // ---------------------------------------------------------------------------------------------------------------
 // Parser
 // ---------------------------------------------------------------------------------------------------------------
 
-const char* const kFilters[] = {"trim", "length", "count", "default", "d", "upper", "lower", "string", "first",
-                                "last", "join", "capitalize", "replace", "list", "int", "abs", "reverse", "title"};
-const char* const kTests[] = {"defined", "undefined", "none", "string", "number", "integer", "boolean", "true",
-                              "false", "mapping", "sequence", "iterable", "odd", "even", "divisibleby", "eq",
-                              "equalto", "ne", "in", "lt", "gt", "le", "ge"};
+const char* const kFilters[] = {"trim",    "length", "count", "default", "d",       "upper",
+                                "lower",   "string", "first", "last",    "join",    "capitalize",
+                                "replace", "list",   "int",   "abs",     "reverse", "title"};
+const char* const kTests[] = {"defined", "undefined", "none",        "string",  "number",   "integer",
+                              "boolean", "true",      "false",       "mapping", "sequence", "iterable",
+                              "odd",     "even",      "divisibleby", "eq",      "equalto",  "ne",
+                              "in",      "lt",        "gt",          "le",      "ge"};
 
 template <size_t N>
 bool known(const char* const (&names)[N], const std::string& name) {
@@ -321,12 +69,18 @@ class Parser {
   }
   std::string describe(const Token& t) const {
     switch (t.type) {
-      case Tok::eof: return "end of template";
-      case Tok::var_end: return "end of print statement";
-      case Tok::block_end: return "end of statement block";
-      case Tok::string: return "string";
-      case Tok::integer: return "integer";
-      default: return "'" + t.text + "'";
+      case Tok::eof:
+        return "end of template";
+      case Tok::var_end:
+        return "end of print statement";
+      case Tok::block_end:
+        return "end of statement block";
+      case Tok::string:
+        return "string";
+      case Tok::integer:
+        return "integer";
+      default:
+        return "'" + t.text + "'";
     }
   }
   bool expect_op(const char* op) {
@@ -880,7 +634,7 @@ class Parser {
           if (!parse_arg_list(*t)) return nullptr;
         } else if ((cur().type == Tok::string || cur().type == Tok::integer ||
                     (cur().type == Tok::name && cur().text != "else" && cur().text != "or" && cur().text != "and" &&
-                     cur().text != "if" && cur().text != "is")) ) {
+                     cur().text != "if" && cur().text != "is"))) {
           ExprPtr arg = parse_primary();
           if (!arg) return nullptr;
           arg = parse_postfix(std::move(arg));
@@ -921,6 +675,12 @@ std::pair<int, int> line_column(const std::string& source, size_t pos) {
   return {line, col};
 }
 
+Error syntax_error(const std::string& source, size_t pos, const std::string& message) {
+  auto [line, col] = line_column(source, pos);
+  return Error{ErrorKind::invalid_model,
+               "chat template: line " + std::to_string(line) + ", column " + std::to_string(col) + ": " + message};
+}
+
 Expected<std::shared_ptr<const Program>> parse(const std::string& raw) {
   auto program = std::make_shared<Program>();
   // Newlines: \r\n and \r become \n; keep_trailing_newline=False drops one final \n.
@@ -936,15 +696,10 @@ Expected<std::shared_ptr<const Program>> parse(const std::string& raw) {
   }
   if (!src.empty() && src.back() == '\n') src.pop_back();
 
-  auto fail = [&](size_t pos, const std::string& message) {
-    auto [line, col] = line_column(src, pos);
-    return Error{ErrorKind::invalid_model, "chat template: line " + std::to_string(line) + ", column " +
-                                               std::to_string(col) + ": " + message};
-  };
-  Lexer lexer(src);
-  if (!lexer.run()) return fail(lexer.error_pos, lexer.error);
-  Parser parser(std::move(lexer.tokens));
-  if (!parser.parse_template(program->body)) return fail(parser.error_pos, parser.error);
+  auto tokens = lex(src);
+  if (!tokens) return tokens.error();
+  Parser parser(std::move(*tokens));
+  if (!parser.parse_template(program->body)) return syntax_error(src, parser.error_pos, parser.error);
   return std::shared_ptr<const Program>(std::move(program));
 }
 

@@ -123,7 +123,8 @@ TEST_CASE("chat_template: undefined variables render empty and are falsy") {
 }
 
 TEST_CASE("chat_template: raise_exception and runtime errors") {
-  auto t = ChatTemplate::parse("{% if messages | length == 0 %}{{ raise_exception('need ' ~ 1 ~ ' message') }}{% endif %}ok");
+  auto t = ChatTemplate::parse(
+      "{% if messages | length == 0 %}{{ raise_exception('need ' ~ 1 ~ ' message') }}{% endif %}ok");
   REQUIRE(t.has_value());
   auto r = t->render({}, false);
   REQUIRE(!r.has_value());
