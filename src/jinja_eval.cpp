@@ -28,6 +28,10 @@ namespace {
 
 enum class Flow { normal, break_, continue_ };
 
+// Bounds on the work a (possibly hostile) template may ask for.
+constexpr size_t kMaxOutput = size_t{64} << 20;  // bytes of rendered text, and of any one string or list
+constexpr int64_t kMaxIterations = 1'000'000;    // loop iterations (and range() items) in one render
+
 // Python's slice.indices for a sequence of length n.
 void slice_indices(int64_t n, const Value& start, const Value& stop, int64_t step, int64_t& lo, int64_t& hi) {
   auto clamp = [&](const Value& v, int64_t dflt) {
@@ -82,6 +86,11 @@ class Evaluator {
 
   // --- statements ---
 
+  Expected<Flow> check_size(size_t pos) const {
+    if (out_.size() > kMaxOutput) return fail(pos, "rendered text is too large");
+    return Flow::normal;
+  }
+
   Expected<Flow> exec(const Body& body) {
     for (const auto& s : body) {
       JINJA_TRY(flow, exec(*s));
@@ -94,11 +103,11 @@ class Evaluator {
     switch (s.kind) {
       case Stmt::Kind::text:
         out_ += s.text;
-        return Flow::normal;
+        return check_size(s.pos);
       case Stmt::Kind::output: {
         JINJA_TRY(v, eval(*s.expr));
         out_ += to_str(v);
-        return Flow::normal;
+        return check_size(s.pos);
       }
       case Stmt::Kind::if_: {
         for (size_t k = 0; k < s.conds.size(); ++k) {
@@ -160,40 +169,53 @@ class Evaluator {
   Expected<Flow> exec_for(const Stmt& s) {
     JINJA_TRY(seq, eval(*s.expr));
     JINJA_TRY(items_value, iterate(s.expr->pos, seq));
-    List items = *items_value.list;
+    std::shared_ptr<const List> items = items_value.list;  // lists are never changed in place: share, not copy
     if (s.filter) {  // {% for x in xs if cond %}: the loop sees only the items that pass
-      List kept;
-      for (const Value& item : items) {
+      auto kept = std::make_shared<List>();
+      for (const Value& item : *items) {
+        if (++n_iterations_ > kMaxIterations) return fail(s.pos, "too many loop iterations");
         scopes_.emplace_back();
         auto bound = bind_targets(s, scopes_.back(), item);
         auto keep = bound ? eval(*s.filter) : Expected<Value>(bound.error());
         scopes_.pop_back();
         if (!keep) return keep.error();
-        if (truthy(*keep)) kept.push_back(item);
+        if (truthy(*keep)) kept->push_back(item);
       }
       items = std::move(kept);
     }
-    const int64_t n = static_cast<int64_t>(items.size());
+    const List& list = *items;
+    const int64_t n = static_cast<int64_t>(list.size());
+    // One loop object for the whole loop, updated in place (jinja2's LoopContext is also one object).
+    Value loop = Value::make_map({{"index", {}},
+                                  {"index0", {}},
+                                  {"revindex", {}},
+                                  {"revindex0", {}},
+                                  {"first", {}},
+                                  {"last", {}},
+                                  {"length", Value::integer(n)},
+                                  {"previtem", {}},
+                                  {"nextitem", {}}});
+    Map& fields = *loop.map;
+    scopes_.emplace_back();
     for (int64_t k = 0; k < n; ++k) {
-      Map loop = {
-          {"index", Value::integer(k + 1)},
-          {"index0", Value::integer(k)},
-          {"revindex", Value::integer(n - k)},
-          {"revindex0", Value::integer(n - k - 1)},
-          {"first", Value::boolean(k == 0)},
-          {"last", Value::boolean(k == n - 1)},
-          {"length", Value::integer(n)},
-          {"previtem", k > 0 ? items[k - 1] : Value::undefined("there is no previous item")},
-          {"nextitem", k + 1 < n ? items[k + 1] : Value::undefined("there is no next item")},
-      };
-      scopes_.emplace_back();  // each iteration has its own scope, as in jinja2
-      assign(scopes_.back(), "loop", Value::make_map(std::move(loop)));
-      auto bound = bind_targets(s, scopes_.back(), items[k]);
-      auto flow = bound ? exec(s.bodies[0]) : Expected<Flow>(bound.error());
-      scopes_.pop_back();
-      if (!flow) return flow.error();
-      if (*flow == Flow::break_) break;
+      if (++n_iterations_ > kMaxIterations) return fail(s.pos, "too many loop iterations");
+      fields[0].second = Value::integer(k + 1);
+      fields[1].second = Value::integer(k);
+      fields[2].second = Value::integer(n - k);
+      fields[3].second = Value::integer(n - k - 1);
+      fields[4].second = Value::boolean(k == 0);
+      fields[5].second = Value::boolean(k == n - 1);
+      fields[7].second = k > 0 ? list[k - 1] : Value::undefined("there is no previous item");
+      fields[8].second = k + 1 < n ? list[k + 1] : Value::undefined("there is no next item");
+      Map& scope = scopes_.back();
+      scope.clear();  // each iteration has its own scope, as in jinja2
+      scope.emplace_back("loop", loop);
+      JINJA_TRY(bound, bind_targets(s, scope, list[k]));
+      (void)bound;
+      JINJA_TRY(flow, exec(s.bodies[0]));  // on an error the render stops, so the scope stack need not unwind
+      if (flow == Flow::break_) break;
     }
+    scopes_.pop_back();
     if (n == 0) return exec(s.else_body);
     return Flow::normal;
   }
@@ -265,6 +287,7 @@ class Evaluator {
         if (e.name == "not") return Value::boolean(!truthy(v));
         if (v.is_undefined()) return undefined_error(e.pos, v);
         if (!is_number(v)) return fail(e.pos, "bad operand type for unary " + e.name + ": '" + type_name(v) + "'");
+        if (e.name == "-" && as_int(v) == INT64_MIN) return fail(e.pos, "integer overflow in unary -");
         return Value::integer(e.name == "-" ? -as_int(v) : as_int(v));
       }
       case Expr::Kind::binary: {
@@ -369,23 +392,29 @@ class Evaluator {
       return fail(pos, "unsupported operand type(s) for " + op + ": '" + type_name(a) + "' and '" + type_name(b) + "'");
     };
     if (is_number(a) && is_number(b)) {
-      int64_t x = as_int(a), y = as_int(b);
-      if (op == "+") return Value::integer(x + y);
-      if (op == "-") return Value::integer(x - y);
-      if (op == "*") return Value::integer(x * y);
+      // Python's ints do not overflow; ours are 64-bit, so overflow is an error rather than a wrong number.
+      int64_t x = as_int(a), y = as_int(b), r = 0;
+      auto overflow = [&] { return fail(pos, "integer overflow in " + op); };
+      if (op == "+") return __builtin_add_overflow(x, y, &r) ? overflow() : Expected<Value>(Value::integer(r));
+      if (op == "-") return __builtin_sub_overflow(x, y, &r) ? overflow() : Expected<Value>(Value::integer(r));
+      if (op == "*") return __builtin_mul_overflow(x, y, &r) ? overflow() : Expected<Value>(Value::integer(r));
       if (op == "//" || op == "%") {
         if (y == 0) return fail(pos, "integer division or modulo by zero");
-        int64_t q = x / y, r = x % y;
-        if (r != 0 && ((r < 0) != (y < 0))) {  // Python floors
+        if (x == INT64_MIN && y == -1) return overflow();
+        int64_t q = x / y, m = x % y;
+        if (m != 0 && ((m < 0) != (y < 0))) {  // Python floors
           --q;
-          r += y;
+          m += y;
         }
-        return Value::integer(op == "//" ? q : r);
+        return Value::integer(op == "//" ? q : m);
       }
       if (op == "**") {
         if (y < 0) return fail(pos, "unsupported construct: negative exponent (gives a float)");
-        int64_t p = 1;
-        for (int64_t k = 0; k < y; ++k) p *= x;
+        int64_t p = 1, base = x;
+        for (; y > 0; y >>= 1) {  // by squaring
+          if ((y & 1) && __builtin_mul_overflow(p, base, &p)) return overflow();
+          if (y > 1 && __builtin_mul_overflow(base, base, &base)) return overflow();
+        }
         return Value::integer(p);
       }
     }
@@ -398,6 +427,8 @@ class Evaluator {
     if (op == "*" && (is_number(a) != is_number(b))) {
       const Value& seq = is_number(a) ? b : a;
       int64_t times = as_int(is_number(a) ? a : b);
+      size_t n = seq.kind == Kind::string ? seq.s.size() : seq.kind == Kind::list ? seq.list->size() : 0;
+      if (times > 0 && n > 0 && static_cast<uint64_t>(times) > kMaxOutput / n) return fail(pos, "result is too large");
       if (seq.kind == Kind::string) {
         std::string s;
         for (int64_t k = 0; k < times; ++k) s += seq.s;
@@ -655,6 +686,7 @@ class Evaluator {
       List items;
       for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
         if (items.size() >= 100000) return fail(pos, "range too big");  // jinja2's sandbox MAX_RANGE
+        if (++n_iterations_ > kMaxIterations) return fail(pos, "too many loop iterations");  // counts as work
         items.push_back(Value::integer(k));
       }
       return Value::make_list(std::move(items));
@@ -745,6 +777,7 @@ class Evaluator {
   const Program& program_;
   std::vector<Map> scopes_;  // [0]: the caller's variables; then one per loop iteration
   std::string out_;
+  int64_t n_iterations_ = 0;
 };
 
 #undef JINJA_TRY

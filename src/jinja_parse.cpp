@@ -32,6 +32,14 @@ bool known(const char* const (&names)[N], const std::string& name) {
   return false;
 }
 
+// Counts one level of recursion for as long as it lives.
+struct Nesting {
+  explicit Nesting(int& depth) : depth_(++depth) {}
+  ~Nesting() { --depth_; }
+  int& depth_;
+};
+constexpr int kMaxDepth = 300;  // about 100 levels of parentheses or nested blocks
+
 class Parser {
  public:
   Parser(std::vector<Token> tokens) : toks_(std::move(tokens)) {}
@@ -109,6 +117,8 @@ class Parser {
   // Statements until one of the end tags (at top level: until eof). On return `end` is the tag that stopped it;
   // the parser stands just after that tag's name.
   bool parse_body(Body& out, std::initializer_list<const char*> ends, std::string& end) {
+    Nesting nesting(depth_);
+    if (depth_ > kMaxDepth) return fail(cur().pos, "nesting too deep"), false;
     while (true) {
       const Token& t = cur();
       if (t.type == Tok::eof) {
@@ -277,6 +287,8 @@ class Parser {
   }
 
   ExprPtr parse_expression(bool with_condexpr = true) {
+    Nesting nesting(depth_);
+    if (depth_ > kMaxDepth) return fail(cur().pos, "nesting too deep");
     ExprPtr e = parse_or();
     if (!with_condexpr) return e;
     while (e && is_name("if")) {
@@ -326,6 +338,8 @@ class Parser {
   }
 
   ExprPtr parse_not() {
+    Nesting nesting(depth_);
+    if (depth_ > kMaxDepth) return fail(cur().pos, "nesting too deep");
     if (is_name("not")) {
       auto u = make(Expr::Kind::unary, cur().pos, "not");
       ++i_;
@@ -428,6 +442,8 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter = true) {
+    Nesting nesting(depth_);
+    if (depth_ > kMaxDepth) return fail(cur().pos, "nesting too deep");
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = make(Expr::Kind::unary, cur().pos, cur().text);
@@ -654,6 +670,7 @@ class Parser {
   std::vector<Token> toks_;
   size_t i_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;  // recursion depth, bounded so that a hostile template cannot overflow the stack
 };
 
 }  // namespace

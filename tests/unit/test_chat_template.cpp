@@ -134,6 +134,24 @@ TEST_CASE("chat_template: raise_exception and runtime errors") {
   CHECK(R("{{ 1 + 'a' }}").find("unsupported operand type(s) for +: 'int' and 'str'") != std::string::npos);
   CHECK(R("{{ 'a' < 1 }}").find("not supported between instances of 'str' and 'int'") != std::string::npos);
   CHECK(R("{{ 1 // 0 }}").find("division") != std::string::npos);
+  CHECK(R("{{ 2 ** 62 }} {{ 3 ** 5 }}") == "4611686018427387904 243");
+  CHECK(R("{{ 2 ** 64 }}").find("integer overflow") != std::string::npos);
+  CHECK(R("{{ 9223372036854775807 + 1 }}").find("integer overflow") != std::string::npos);
+}
+
+TEST_CASE("chat_template: hostile templates fail cleanly") {
+  // Deep nesting is a parse error, not a stack overflow.
+  CHECK(R("{{ " + std::string(100000, '[') + " }}").find("PARSE ERROR") == 0);
+  CHECK(R("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}").find("nesting too deep") !=
+        std::string::npos);
+  std::string nested;
+  for (int k = 0; k < 1000; ++k) nested += "{% if true %}";
+  CHECK(R(nested).find("nesting too deep") != std::string::npos);
+  // Work and output are bounded.
+  CHECK(R("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            .find("too many loop iterations") != std::string::npos);
+  CHECK(R("{{ 'x' * 1000000000000 }}").find("too large") != std::string::npos);
+  CHECK(R("{{ range(1000000) }}").find("range too big") != std::string::npos);
 }
 
 TEST_CASE("chat_template: whitespace control") {
