@@ -54,19 +54,59 @@ const std::string kWs =
 const std::string kGpt2Regex = "'s|'t|'re|'ve|'m|'ll|'d| ?[" + kLetter + "]+| ?[" + kNumber + "]+| ?[^" + kWs + kLetter +
                                kNumber + "]+|[" + kWs + "]+(?![^" + kWs + "])";
 
+// llama.cpp (LLAMA3, and DBRX/SMAUG without its flags): its adapted form of
+// "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+// (unicode_regex_split_custom_llama3). QWEN2 is the same with \p{N} instead of \p{N}{1,3}.
+std::string llama3_style_regex(const std::string& numbers) {
+  return "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n" + kLetter + kNumber + "]?[" + kLetter +
+         "]+|[" + kNumber + "]" + numbers + "| ?[^" + kWs + kLetter + kNumber + "]+[\\r\\n]*|[" + kWs + "]*[\\r\\n]+|[" +
+         kWs + "]+(?![^" + kWs + "])|[" + kWs + "]+";
+}
+
 struct PreTokenizerSpec {
   std::vector<std::string> regexes;  // applied one after another
   bool clean_spaces = false;         // llama.cpp's clean_up_tokenization_spaces in detokenize
+  bool ignore_merges = false;        // a piece that is itself a token is taken whole, without merges
+  bool add_bos = false;              // default when tokenizer.ggml.add_bos_token is absent
 };
 
+// tokenizer.ggml.pre names as llama_vocab::impl::load maps them, for the pre-tokenizer types Troupe implements; each
+// type's regexes as llm_tokenizer_bpe's constructor lists them. BPE vocabularies clean spaces unless a name says not.
 Expected<PreTokenizerSpec> pre_tokenizer_spec(const std::string& name) {
-  if (name == "smollm") return PreTokenizerSpec{{"[" + kNumber + "]", kGpt2Regex}, false};
-  if (name == "gpt-2" || name == "gpt2") return PreTokenizerSpec{{kGpt2Regex}, true};
-  if (name == "default" || name.empty()) {
-    return PreTokenizerSpec{{"[" + kPunct + "\\$\\+<=>\\^~\\|]+", kGpt2Regex, "[" + kNumber + "]+", "[0-9][0-9][0-9]"}, true};
+  auto is = [&](std::initializer_list<const char*> names) {
+    for (const char* n : names) {
+      if (name == n) return true;
+    }
+    return false;
+  };
+  const std::vector<std::string> gpt2 = {kGpt2Regex};
+  const std::vector<std::string> starcoder = {"[" + kNumber + "]", kGpt2Regex};
+  const std::vector<std::string> llama3 = {llama3_style_regex("{1,3}")};
+  const std::vector<std::string> qwen2 = {llama3_style_regex("")};
+  if (name == "default" || name.empty()) {  // llama.cpp warns when the key is missing and uses this
+    return PreTokenizerSpec{{"[" + kPunct + "\\$\\+<=>\\^~\\|]+", kGpt2Regex, "[" + kNumber + "]+", "[0-9][0-9][0-9]"},
+                            true};
   }
-  return Error{ErrorKind::invalid_model, "unsupported pre-tokenizer '" + name +
-                                             "' (tokenizer.ggml.pre); supported: smollm, default, gpt-2"};
+  if (is({"gpt-2", "gpt2", "phi-2", "gigachat", "a.x-4.0", "mellum", "mpt", "olmo", "jais", "exaone4"})) {
+    return PreTokenizerSpec{gpt2, true};
+  }
+  if (is({"trillion", "granite-docling"})) return PreTokenizerSpec{gpt2, false};
+  if (is({"smollm", "command-r"})) return PreTokenizerSpec{starcoder, false};
+  if (is({"starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"})) {
+    return PreTokenizerSpec{starcoder, true};
+  }
+  if (is({"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"})) {
+    return PreTokenizerSpec{llama3, true, true, true};
+  }
+  if (is({"dbrx", "smaug-bpe"})) return PreTokenizerSpec{llama3, true};
+  if (is({"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open"})) {
+    return PreTokenizerSpec{qwen2, false};
+  }
+  if (is({"megrez", "stablelm2"})) return PreTokenizerSpec{qwen2, true};
+  return Error{ErrorKind::invalid_model,
+               "unsupported pre-tokenizer '" + name +
+                   "' (tokenizer.ggml.pre); supported: default, the gpt-2, smollm/starcoder, llama3/llama-bpe and qwen2 "
+                   "families"};
 }
 
 // Token texts llama.cpp treats as end of generation (and forces to control type).
@@ -202,6 +242,7 @@ struct Tokenizer::Impl {
   std::vector<TokenId> specials;  // control, user-defined and unknown tokens, longest text first
   TokenId bos = -1, eos = -1, eot = -1, eom = -1, unk = -1, pad = -1;
   bool add_bos = false, add_eos = false, clean_spaces = false;
+  bool ignore_merges = false;  // llama3-style: a piece that is a token is not merged
   unicode::RegexSplitter splitter;
 
   int32_t n_vocab() const { return static_cast<int32_t>(text.size()); }
@@ -264,6 +305,7 @@ Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
   auto spec = pre_tokenizer_spec(impl->pre_name);
   if (!spec) return spec.error();
   impl->clean_spaces = spec->clean_spaces;
+  impl->ignore_merges = spec->ignore_merges;
   auto splitter = unicode::RegexSplitter::create(spec->regexes);
   if (!splitter) return splitter.error();
   impl->splitter = std::move(*splitter);
@@ -340,7 +382,7 @@ Expected<Tokenizer> Tokenizer::from_gguf(const GgufFile& file) {
     if (!id) return id.error();
     *s.id = *id;
   }
-  auto add_bos = read_bool(file, "tokenizer.ggml.add_bos_token", false);
+  auto add_bos = read_bool(file, "tokenizer.ggml.add_bos_token", spec->add_bos);
   if (!add_bos) return add_bos.error();
   auto add_eos = read_bool(file, "tokenizer.ggml.add_eos_token", false);
   if (!add_eos) return add_eos.error();
@@ -477,6 +519,15 @@ void Tokenizer::Impl::bpe(const std::string& bytes, std::vector<TokenId>& out) c
 
   const auto n = static_cast<int32_t>(bytes.size());
   if (n == 0) return;
+  const auto& byte_chars = unicode::byte_to_bpe_char();
+  if (ignore_merges) {  // llama.cpp looks the whole byte-level piece up first
+    std::string level;
+    for (const char c : bytes) unicode::append_utf8(level, byte_chars[static_cast<uint8_t>(c)]);
+    if (const auto it = id_of_text.find(level); it != id_of_text.end()) {
+      out.push_back(it->second);
+      return;
+    }
+  }
   std::vector<Symbol> sym(n);
   for (int32_t i = 0; i < n; ++i) {
     sym[i] = Symbol{byte_symbol[static_cast<uint8_t>(bytes[i])], i - 1, i + 1 < n ? i + 1 : -1,
@@ -508,7 +559,6 @@ void Tokenizer::Impl::bpe(const std::string& bytes, std::vector<TokenId>& out) c
     add(b.left, l.next);
   }
 
-  const auto& byte_chars = unicode::byte_to_bpe_char();
   for (int32_t i = 0; i != -1; i = sym[i].next) {
     const Symbol& s = sym[i];
     if (s.id >= 0 && s.id < n_vocab()) {

@@ -450,3 +450,65 @@ TEST_CASE("tokenizer: fill-in-the-middle tokens are found by text or metadata as
   CHECK(tok->is_eog(4));                  // named by metadata: ends generation ...
   CHECK(tok->token_to_piece(4) == "x");  // ... and keeps its type
 }
+
+namespace {
+
+// The 256 byte-level characters of GPT-2's mapping, as a vocabulary's first 256 tokens.
+std::vector<std::string> byte_level_tokens() {
+  std::vector<std::string> tokens;
+  uint32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const uint32_t cp = printable ? static_cast<uint32_t>(b) : next++;
+    std::string s;
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    tokens.push_back(s);
+  }
+  return tokens;
+}
+
+// Byte-level characters, then "ab" (merge "a b"), "abc" (no merge reaches it), "12" (merge "1 2") and a BOS.
+Expected<Tokenizer> pre_vocab(const std::string& pre) {
+  std::vector<std::string> tokens = byte_level_tokens();
+  tokens.insert(tokens.end(), {"ab", "abc", "12", "<|begin_of_text|>"});
+  std::vector<int32_t> types(tokens.size(), 1);
+  types.back() = 3;
+  MiniGguf g;
+  g.kv_string("tokenizer.ggml.model", "gpt2");
+  g.kv_string("tokenizer.ggml.pre", pre);
+  g.kv_strings("tokenizer.ggml.tokens", tokens);
+  g.kv_i32s("tokenizer.ggml.token_type", types);
+  g.kv_strings("tokenizer.ggml.merges", {"a b", "1 2"});
+  g.kv_u32("tokenizer.ggml.bos_token_id", 259);
+  return load(g);
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: llama3 and qwen2 pre-tokenizers carry llama.cpp's flags") {
+  // Checked beyond these cases against llama.cpp's own vocabulary files (models/ggml-vocab-{gpt-2,gpt-neox,
+  // llama-bpe,qwen2,starcoder,refact,command-r,mpt}.gguf in its source tree): ~1600 strings each, ids, detokenized
+  // bytes and end-of-generation sets all equal.
+  auto gpt2 = pre_vocab("gpt-2");
+  auto llama3 = pre_vocab("llama-bpe");
+  auto qwen2 = pre_vocab("qwen2");
+  REQUIRE(gpt2.has_value());
+  REQUIRE(llama3.has_value());
+  REQUIRE(qwen2.has_value());
+  // llama3 takes a piece that is a token whole (ignore_merges); the others merge
+  CHECK(gpt2->encode("abc", false, false) == std::vector<TokenId>{256, 'c'});
+  CHECK(llama3->encode("abc", false, false) == std::vector<TokenId>{257});
+  CHECK(qwen2->encode("abc", false, false) == std::vector<TokenId>{256, 'c'});
+  // llama3 adds BOS unless the file says otherwise
+  CHECK(llama3->encode("ab", true, false) == std::vector<TokenId>{259, 256});
+  CHECK(gpt2->encode("ab", true, false) == std::vector<TokenId>{256});
+  // digits: runs of up to three for llama3 (so "12" merges), one at a time for qwen2
+  CHECK(llama3->encode("1212", false, false) == std::vector<TokenId>{258, '1', '2'});
+  CHECK(qwen2->encode("1212", false, false) == std::vector<TokenId>{'1', '2', '1', '2'});
+  CHECK(gpt2->encode("1212", false, false) == std::vector<TokenId>{258, 258});
+}
