@@ -23,7 +23,7 @@ for src in tests/fuzz/fuzz_*.cpp; do
   if ! cmake --build "$build" --target "$name" -j "${FUZZ_JOBS:-$(nproc)}" >"$build/$name.build.log" 2>&1; then
     # The CMake target links all of troupe_core; when some core file does not build with clang, fuzz the loader
     # alone (it needs only gguf.cpp and error.cpp) rather than not at all, and say so loudly.
-    grep -E "error" "$build/$name.build.log" | head -n 5 || true
+    grep -E "error:" "$build/$name.build.log" | head -n 5 || true
     if [ "$name" != fuzz_gguf ]; then
       echo "fuzz: $name does not build (see $build/$name.build.log)" >&2
       failed=1
