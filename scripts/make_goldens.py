@@ -2,18 +2,23 @@
 """Regenerates the golden files in tests/golden/ from the reference implementation, llama.cpp (via llama-cpp-python).
 
     scripts/setup.sh --ref && python3 scripts/make_goldens.py
+    python3 scripts/make_goldens.py --f32-only       # only the F32 step (dequantised model, *_f32.json)
     python3 scripts/make_goldens.py --compare-fp32   # prints how far the logits goldens are from exact arithmetic
 
 Writes, deterministically (same llama.cpp build and CPU features give byte-identical files):
-    tests/golden/tokenizer.json   hand-written tokenizer cases (bytes -> ids) and detokenizer cases (ids -> bytes)
-    tests/golden/logits.json      first-step logits (top 20) for plain and chat prompts
-    tests/golden/greedy.json      32-token greedy continuations (our own argmax loop, no sampler)
+    tests/golden/tokenizer.json     hand-written tokenizer cases (bytes -> ids) and detokenizer cases (ids -> bytes)
+    tests/golden/logits.json        first-step logits (top 20) for plain and chat prompts
+    tests/golden/greedy.json        32-token greedy continuations (our own argmax loop, no sampler)
+    tests/golden/logits_f32.json    the same, for the F32 dequantisation of the model evaluated with an f32 KV cache
+    tests/golden/greedy_f32.json    (the exact-arithmetic reference: no 8-bit activations, no fp16 K/V/probabilities)
 
-The model is models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh fetches it).
+The model is models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-model.sh fetches it). The F32 step writes its
+lossless F32 copy to models/SmolLM2-135M-Instruct.F32.gguf (git-ignored, ~540 MB, rewritten on every run).
 """
 
 import ctypes
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -23,6 +28,7 @@ import numpy as np
 import jinja2.sandbox
 import gguf
 import llama_cpp
+import llama_cpp._logger  # its log callback, put back after open_model captures the log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(ROOT, "tests", "golden")
@@ -629,9 +635,39 @@ def run_settings(llm):
     }
 
 
-def make_model_files(path):
-    llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_batch=N_BATCH, n_threads=N_THREADS,
-                          n_threads_batch=N_THREADS, logits_all=False, flash_attn=False, seed=SEED, verbose=False)
+def open_model(path, kv_type=None):
+    """A full-model Llama with the golden settings. Returns it with the lines llama.cpp logged while making the
+    context that show the settings in effect (flash attention, KV cache types), checked against context_params."""
+    log = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        log.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        kv = {} if kv_type is None else {"type_k": kv_type, "type_v": kv_type}
+        llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_batch=N_BATCH, n_threads=N_THREADS,
+                              n_threads_batch=N_THREADS, logits_all=False, flash_attn=False, seed=SEED,
+                              verbose=False, **kv)
+    finally:
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
+    lines = "".join(log).splitlines()
+    in_effect = [" ".join(line.split()) for line in lines
+                 if line.startswith("llama_context: flash_attn") or line.startswith("llama_kv_cache: size")]
+    settings = run_settings(llm)
+    assert len(in_effect) == 2, in_effect
+    assert in_effect[0].endswith("= disabled"), in_effect
+    assert "K (%s)" % settings["type_k"] in in_effect[1] and "V (%s)" % settings["type_v"] in in_effect[1], in_effect
+    return llm, in_effect
+
+
+def make_model_files(path, kv_type=None, expect_tokens=None, header_extra=None,
+                     spread_note="tinyBLAS vs vec_dot for the attention matmuls, amplified by 8-bit activation "
+                                 "quantisation"):
+    """logits.json and greedy.json contents for the model at path. kv_type: the ggml type of the K and V cache
+    (None: llama.cpp's default, f16). expect_tokens: {case name: prompt ids} the prompts must tokenize to."""
+    llm, in_effect = open_model(path, kv_type)
     template = chat_template(path)
     eos = llama_cpp.llama_vocab_eos(llm._model.vocab)
 
@@ -640,7 +676,10 @@ def make_model_files(path):
         for name, text in PROMPTS:
             rendered = render_chat(template, text) if chat else text
             tokens = llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=chat)
-            prompts.append(("chat_" + name if chat else "plain_" + name, chat, text, rendered, tokens))
+            case_name = "chat_" + name if chat else "plain_" + name
+            if expect_tokens is not None:
+                assert tokens == expect_tokens[case_name], case_name
+            prompts.append((case_name, chat, text, rendered, tokens))
 
     def prompt_logits(tokens):
         llm.reset()
@@ -680,13 +719,15 @@ def make_model_files(path):
         eos_at = continuation.index(eos) if eos in continuation else None
         greedy_cases.append(dict(case, continuation=continuation, eos_at=eos_at, margins=margins))
 
-    header = {"reference": reference_name(), "model": os.path.basename(path), "model_sha256": sha256(path),
-              "settings": run_settings(llm)}
+    header = {"reference": reference_name(), "model": os.path.basename(path), "model_sha256": sha256(path)}
+    header.update(header_extra or {})
+    header["settings"] = run_settings(llm)
+    if kv_type is not None:
+        header["settings"]["in_effect"] = in_effect
     logits_header = dict(header)
     logits_header["settings"] = dict(header["settings"], max_abs_diff_token_by_token="max over the vocabulary of "
                                      "|logit| difference between this batched prompt eval and the same prompt fed "
-                                     "one token per llama_decode call (tinyBLAS vs vec_dot for the attention "
-                                     "matmuls, amplified by 8-bit activation quantisation)")
+                                     "one token per llama_decode call (%s)" % spread_note)
     logits_file = dict(logits_header, top_k=N_TOP, cases=logit_cases)
     greedy_header = dict(header)
     greedy_header["settings"] = dict(header["settings"], greedy="prompt in one llama_decode call, then one token "
@@ -695,6 +736,128 @@ def make_model_files(path):
                                      margins="logit(best) - logit(second best) at each step")
     greedy_file = dict(greedy_header, n_tokens=N_GREEDY, cases=greedy_cases)
     return logits_file, greedy_file
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logits_f32.json and greedy_f32.json: the exact-arithmetic reference
+# ---------------------------------------------------------------------------------------------------------------------
+
+GGML_TYPE_F32 = 0
+DEQUANTISATION = ("every tensor of the source GGUF converted to float32 with gguf-py %s (GGUFReader, "
+                  "gguf.quants.dequantize: Q4_1 d*q+m, Q8_0 d*q, F32 copied) and written with GGUFWriter: same "
+                  "metadata keys, values and order (strings byte for byte), same tensor names, shapes and order, "
+                  "general.file_type 0 (ALL_F32). Every dequantised weight is exactly representable in float32, so "
+                  "the copy is lossless: it is the weights the Q4_1 file stands for")
+
+
+def f32_model_path(path):
+    name = os.path.basename(path)
+    stem = name[:-len(".gguf")].rsplit(".", 1)[0] if name.count(".") >= 2 else name[:-len(".gguf")]
+    return os.path.join(os.path.dirname(path), stem + ".F32.gguf")
+
+
+def exact_dequantise(data, qtype):
+    """Float64 dequantisation of Q4_1/Q8_0 blocks, written independently of gguf-py, to prove float32 loses nothing."""
+    f16 = lambda b: b.view(np.float16).astype(np.float64)
+    if qtype == gguf.GGMLQuantizationType.Q8_0:
+        blocks = data.reshape(-1, 34)
+        return (f16(blocks[:, :2].copy()) * blocks[:, 2:].view(np.int8)).reshape(data.shape[0], -1)
+    if qtype == gguf.GGMLQuantizationType.Q4_1:
+        blocks = data.reshape(-1, 20)
+        q = np.concatenate([blocks[:, 4:] & 15, blocks[:, 4:] >> 4], axis=1).astype(np.float64)
+        return (f16(blocks[:, :2].copy()) * q + f16(blocks[:, 2:4].copy())).reshape(data.shape[0], -1)
+    assert qtype == gguf.GGMLQuantizationType.F32, qtype
+    return data.astype(np.float64)
+
+
+def field_raw(field):
+    """A metadata value as the writer takes it, with strings as raw bytes so that they round-trip exactly."""
+    main = field.types[0]
+    if main == gguf.GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]])
+    if main == gguf.GGUFValueType.ARRAY:
+        sub = field.types[-1]
+        if sub == gguf.GGUFValueType.STRING:
+            return [bytes(field.parts[i]) for i in field.data]
+        assert len(field.types) == 2, field.name  # no nested arrays in this model
+        return [field.parts[i].tolist()[0] for i in field.data]
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def write_f32_model(src, dst):
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    tmp = dst + ".tmp"
+    writer = gguf.GGUFWriter(tmp, arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue  # the writer makes the GGUF header and general.architecture itself
+        value = field_raw(field)
+        if name == "general.file_type":
+            value = int(gguf.LlamaFileType.ALL_F32)
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, value, field.types[0], sub_type=sub)
+    inexact = 0
+    for t in reader.tensors:
+        shape = [int(d) for d in reversed(t.shape)]
+        data = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape))
+        exact = exact_dequantise(np.asarray(t.data), t.tensor_type).reshape(shape)
+        inexact += int(np.count_nonzero(data.astype(np.float64) != exact))
+        writer.add_tensor(t.name, data)
+    assert inexact == 0, "%d weights are not exactly representable in float32" % inexact
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, dst)
+    return reader
+
+
+def check_f32_model(src_reader, dst):
+    """The F32 file reads back with the source's metadata (all but file_type) and the dequantised tensors."""
+    reader = gguf.GGUFReader(dst)
+    skip = ("GGUF.tensor_count", "general.file_type")
+    a = [(k, f.types, field_raw(f)) for k, f in src_reader.fields.items() if k not in skip]
+    b = [(k, f.types, field_raw(f)) for k, f in reader.fields.items() if k not in skip]
+    assert a == b, "metadata differs"
+    assert reader.fields["general.file_type"].contents() == int(gguf.LlamaFileType.ALL_F32)
+    assert [(t.name, t.shape.tolist()) for t in reader.tensors] == \
+        [(t.name, t.shape.tolist()) for t in src_reader.tensors]
+    for t, s in zip(reader.tensors, src_reader.tensors):
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32, t.name
+        assert np.array_equal(np.asarray(t.data).reshape(-1),
+                              gguf.quants.dequantize(s.data, s.tensor_type).astype(np.float32).reshape(-1)), t.name
+    return reader
+
+
+def check_same_tokenizer(src, dst):
+    a = llama_cpp.Llama(model_path=src, vocab_only=True, verbose=False)
+    b = llama_cpp.Llama(model_path=dst, vocab_only=True, verbose=False)
+    n = 0
+    for name, text, special in tokenizer_cases():
+        raw = to_bytes(text)
+        assert a.tokenize(raw, add_bos=False, special=special) == b.tokenize(raw, add_bos=False, special=special), name
+        n += 1
+    va, vb = a._model.vocab, b._model.vocab
+    n_vocab = llama_cpp.llama_vocab_n_tokens(va)
+    assert n_vocab == llama_cpp.llama_vocab_n_tokens(vb)
+    assert all(piece(va, t, True) == piece(vb, t, True) for t in range(n_vocab))
+    return n
+
+
+def make_f32_files(path, expect_tokens):
+    dst = f32_model_path(path)
+    src_reader = write_f32_model(path, dst)
+    check_f32_model(src_reader, dst)
+    n = check_same_tokenizer(path, dst)
+    print("wrote %s (%d bytes); metadata, tensors and tokenizer (%d cases, every piece) match the source"
+          % (dst, os.path.getsize(dst), n))
+    extra = {"source_model": os.path.basename(path), "source_model_sha256": sha256(path),
+             "dequantisation": DEQUANTISATION % importlib.metadata.version("gguf")}
+    return make_model_files(dst, kv_type=GGML_TYPE_F32, expect_tokens=expect_tokens, header_extra=extra,
+                            spread_note="with F32 weights and an f32 KV cache there is no activation quantisation "
+                                        "and no fp16 rounding, so only summation order differs: tinyBLAS vs "
+                                        "vec_dot")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -750,24 +913,35 @@ def compare_fp32(path):
     hp = (f("embedding_length"), f("attention.head_count"), f("attention.head_count_kv"),
           f("embedding_length") // f("attention.head_count"), f("attention.layer_norm_rms_epsilon"),
           f("rope.freq_base"))
-    logits = json.load(open(os.path.join(OUT_DIR, "logits.json"), encoding="utf-8"))
-    print("case  tokens  max|llama.cpp top20 - fp32|  top1 agrees")
-    for case in logits["cases"]:
-        exact = fp32_forward(weights, hp, np.array(case["tokens"]))
-        diff = max(abs(logit - exact[t]) for t, logit in case["top"])
-        print("%-26s %4d  %.4f  %s" % (case["name"], len(case["tokens"]), diff,
-                                        int(np.argmax(exact)) == case["top"][0][0]))
+    files = [name for name in ("logits.json", "logits_f32.json") if os.path.exists(os.path.join(OUT_DIR, name))]
+    goldens = [json.load(open(os.path.join(OUT_DIR, name), encoding="utf-8"))["cases"] for name in files]
+    print("case  tokens  " + "  ".join("%s: max|top20 - fp32|, top1 agrees" % name for name in files))
+    for cases in zip(*goldens):
+        exact = fp32_forward(weights, hp, np.array(cases[0]["tokens"]))
+        cols = []
+        for case in cases:
+            assert case["tokens"] == cases[0]["tokens"], case["name"]
+            diff = max(abs(logit - exact[t]) for t, logit in case["top"])
+            cols.append("%.5f %-5s" % (diff, int(np.argmax(exact)) == case["top"][0][0]))
+        print("%-26s %4d  %s" % (cases[0]["name"], len(cases[0]["tokens"]), "  ".join(cols)))
 
 
 def main():
     path = model_path()
     if sys.argv[1:] == ["--compare-fp32"]:
         return compare_fp32(path)
+    assert sys.argv[1:] in ([], ["--f32-only"]), "usage: make_goldens.py [--f32-only | --compare-fp32]"
     os.makedirs(OUT_DIR, exist_ok=True)
-    write_json("tokenizer.json", make_tokenizer(path))
-    logits_file, greedy_file = make_model_files(path)
-    write_json("logits.json", logits_file)
-    write_json("greedy.json", greedy_file)
+    if sys.argv[1:] == []:
+        write_json("tokenizer.json", make_tokenizer(path))
+        logits_file, greedy_file = make_model_files(path)
+        write_json("logits.json", logits_file)
+        write_json("greedy.json", greedy_file)
+    # The F32 reference uses exactly the prompts (and ids) of logits.json.
+    logits = json.load(open(os.path.join(OUT_DIR, "logits.json"), encoding="utf-8"))
+    logits_file, greedy_file = make_f32_files(path, {c["name"]: c["tokens"] for c in logits["cases"]})
+    write_json("logits_f32.json", logits_file)
+    write_json("greedy_f32.json", greedy_file)
 
 
 if __name__ == "__main__":
