@@ -23,7 +23,8 @@
 //   filters     trim length count default/d upper lower string first last join capitalize replace list int abs reverse
 //   methods     str: strip lstrip rstrip upper lower startswith endswith replace split; dict: get items keys values
 // Not supported (parse() reports the line and column): floats and '/', tuples, macros, call/filter/raw blocks,
-// includes, other filters and tests. upper/lower know ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic.
+// includes, other filters and tests. upper/lower know ASCII, Latin-1, Latin Extended-A, modern Greek (U+0386-U+03CE)
+// and Cyrillic (U+0400-U+052F).
 // Limits, so that a hostile template in a model file fails cleanly: about 100 levels of nesting (parse error), 1M loop
 // iterations and 64 MiB of text per render (render error), 64-bit integers (overflow is an error).
 #pragma once

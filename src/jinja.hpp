@@ -186,8 +186,9 @@ void append_utf8(std::string& out, uint32_t cp);
 bool py_space(uint32_t cp);  // str.isspace()
 // str.strip() (left and right), lstrip(), rstrip(); chars null means whitespace.
 std::string py_strip(const std::string& s, bool left, bool right, const std::string* chars = nullptr);
-// str.upper() / str.lower() for ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic (with 'ß' -> "SS"; without
-// Greek final sigma); other code points are unchanged.
+// str.upper() / str.lower() for ASCII, Latin-1, Latin Extended-A, modern Greek (U+0386-U+03CE) and Cyrillic
+// (U+0400-U+052F), with Python's 'ß' -> "SS", 'ŉ' -> "ʼN" and 'İ' -> "i̇" but without Greek final sigma; other code
+// points (Latin Extended-B, archaic Greek, ligatures, ...) are unchanged.
 std::string change_case(const std::string& s, bool upper);
 // str.replace(from, to[, count]); an empty `from` returns s unchanged.
 std::string replace_all(std::string s, const std::string& from, const std::string& to, int64_t count = -1);

@@ -142,6 +142,8 @@ std::string change_case(const std::string& s, bool upper) {
     uint32_t c = decode_at(s, cps[k]);
     if (upper && c == 0xDF) {
       out += "SS";  // 'ß'.upper()
+    } else if (upper && c == 0x149) {
+      out += "\xCA\xBCN";  // 'ŉ'.upper() is U+02BC 'ʼ' + 'N'
     } else if (!upper && c == 0x130) {
       out += "i\xCC\x87";  // 'İ'.lower() is 'i' + U+0307
     } else {

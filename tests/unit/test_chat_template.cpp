@@ -193,6 +193,8 @@ TEST_CASE("chat_template: expressions and loops") {
   CHECK(R("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}") == "a=1;b=2;");
   CHECK(R("{% set s %}a{{ 1 }}b{% endset %}[{{ s }}]") == "[a1b]");
   CHECK(R("{{ ' x '.strip() }}|{{ 'a b  c'.split() }}|{{ 'abc'.startswith('ab') }}") == "x|['a', 'b', 'c']|True");
+  // Python's case mappings that change the length: 'ŉ'.upper() is "ʼN", 'ß'.upper() "SS", 'İ'.lower() "i" + U+0307.
+  CHECK(R("{{ 'ŉ' | upper }} {{ 'ß'.upper() }} {{ 'İ' | lower }}") == "\u02BCN SS i\u0307");
   CHECK(R("{{ bos_token }}{{ eos_token }}{{ add_generation_prompt }}") == "<s></s>False");
   // Message content is data, never template code.
   CHECK(render_or_error("{{ messages[0].content }}", {{"user", "{{ 1 + 1 }} {% if %}"}}) == "{{ 1 + 1 }} {% if %}");
