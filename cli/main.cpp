@@ -1,38 +1,25 @@
-// main.cpp: the troupe command. It only parses the command line and wires the parts together.
-//   troupe inspect MODEL        metadata and tensor table of a GGUF file
-//   troupe generate ...         run the model on a prompt, streaming text to stdout
+// main.cpp: the troupe command. It parses the command line and hands over to a subcommand; nothing else.
+//   troupe inspect MODEL
+//   troupe generate [--model M] (--prompt P | --chat P) [-n N] [sampling flags]
 #include <CLI/CLI.hpp>
-#include <cstdio>
-#include <string>
 
-#include "gguf.hpp"
+#include <cstdlib>
+#include <map>
+#include <random>
+
+#include "commands.hpp"
 
 namespace {
 
-int run_inspect(const std::string& path) {
-  auto file = troupe::GgufFile::open(path);
-  if (!file) {
-    std::fprintf(stderr, "error: %s\n", file.error().message.c_str());
-    return 1;
-  }
-  const auto& f = **file;
-  std::printf("GGUF v%u, %zu bytes, alignment %llu, data at %llu\n", f.version(), f.file_size(),
-              static_cast<unsigned long long>(f.alignment()), static_cast<unsigned long long>(f.data_offset()));
-  std::printf("\nmetadata (%zu):\n", f.metadata().size());
-  for (const auto& [key, value] : f.metadata()) std::printf("  %-40s %s\n", key.c_str(), value.to_display().c_str());
-  std::printf("\ntensors (%zu):\n", f.tensors().size());
-  for (const auto& t : f.tensors()) {
-    std::string shape;
-    for (size_t k = 0; k < t.dims.size(); ++k) shape += (k ? " x " : "") + std::to_string(t.dims[k]);
-    std::printf("  %-32s %-6s %-16s %10llu bytes at %llu\n", t.name.c_str(), t.traits->name, shape.c_str(),
-                static_cast<unsigned long long>(t.n_bytes), static_cast<unsigned long long>(t.offset));
-  }
-  return 0;
+std::string default_model() {
+  if (const char* p = std::getenv("TROUPE_MODEL")) return p;
+  return "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  using namespace troupe::cli;
   CLI::App app{"Troupe: an LLM inference server that runs a model as a troupe of actors"};
   app.require_subcommand(1);
 
@@ -40,7 +27,48 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "Print a GGUF file's metadata and tensor table");
   inspect->add_option("model", inspect_path, "GGUF file")->required();
 
+  GenerateOptions g;
+  g.model_path = default_model();
+  int64_t seed = -1;
+  auto& s = g.params.sampling;
+  // Defaults for the command line follow llama.cpp's CLI (a sampled, varied answer); --temp 0 is greedy.
+  s.temperature = 0.8f;
+  s.top_k = 40;
+  s.top_p = 0.95f;
+  s.min_p = 0.05f;
+  auto* gen = app.add_subcommand("generate", "Run the model on a prompt and stream the text to stdout");
+  gen->add_option("-m,--model", g.model_path, "GGUF model file (env TROUPE_MODEL)")->capture_default_str();
+  auto* prompt = gen->add_option("-p,--prompt", g.prompt, "raw prompt text (special-token text is recognised)");
+  auto* chat = gen->add_option("-c,--chat", g.chat, "a user message, rendered with the model's chat template");
+  prompt->excludes(chat);
+  gen->add_option("--system", g.system, "system message for --chat (default: the template's own)");
+  gen->add_option("-n,--max-tokens", g.params.max_tokens, "tokens to generate at most")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  gen->add_option("--temp", s.temperature, "temperature; 0 = greedy")->capture_default_str()->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--top-k", s.top_k, "keep the k most likely tokens; 0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", s.top_p, "nucleus mass; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--min-p", s.min_p, "drop tokens below min_p * p(top); 0 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--repeat-penalty", s.repetition_penalty, "repetition penalty; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  gen->add_option("--presence-penalty", s.presence_penalty, "presence penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
+  gen->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
+  gen->add_option("--repeat-last-n", s.penalty_last_n, "tokens the penalties look back over; -1 = all")->capture_default_str()->check(CLI::Range(-1, 1 << 20));
+  gen->add_option("--logit-bias", g.logit_bias, "TOKEN_ID=BIAS, repeatable");
+  gen->add_option("--seed", seed, "random seed; -1 = random")->capture_default_str();
+  gen->add_option("--stop", g.params.stop, "stop string, repeatable");
+  gen->add_flag("--ignore-eos", g.params.ignore_eos, "keep generating past end-of-generation tokens");
+  gen->add_option("--ctx-size", g.ctx_size, "context size (KV cache positions)")->capture_default_str()->check(CLI::Range(16, 1 << 24));
+  gen->add_option("--batch-size", g.batch_size, "prompt tokens per forward pass")->capture_default_str()->check(CLI::Range(1, 4096));
+  gen->add_option("--precision", g.precision, "fast (8-bit activations, fp16 KV) or exact (fp32 throughout)")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, troupe::Precision>{
+          {"fast", troupe::Precision::fast}, {"exact", troupe::Precision::exact}}))
+      ->capture_default_str();
+  gen->add_flag("-v,--verbose", g.verbose, "print model details and timings to stderr");
+
   CLI11_PARSE(app, argc, argv);
   if (*inspect) return run_inspect(inspect_path);
+  if (*gen) {
+    s.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
+    return run_generate(std::move(g));
+  }
   return 0;
 }

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 model=$(scripts/fetch-model.sh)
-exec build/troupe generate --model "$model" --chat "${1:-What is the capital of France?}" --temp 0 -n 128 --verbose
+exec build/troupe generate --model "$model" --chat "${1:-What is the capital of France? Answer in one sentence.}" --temp 0 -n 128 --verbose

@@ -1,0 +1,104 @@
+// generate.cpp: `troupe generate`: load the model, build the prompt, stream the continuation to stdout.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <random>
+
+#include "chat_template.hpp"
+#include "commands.hpp"
+#include "gguf.hpp"
+#include "model.hpp"
+#include "tokenizer.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "error: %s\n", e.message.c_str());
+  return 1;
+}
+
+// The prompt's token ids: raw text as given, or a chat message rendered with the model's own template.
+Expected<std::vector<TokenId>> build_prompt(const GenerateOptions& o, const GgufFile& file, const Tokenizer& tok) {
+  if (o.chat.empty()) return tok.encode(o.prompt, /*add_special=*/true, /*parse_special=*/true);
+  auto source = file.get_string("tokenizer.chat_template");
+  if (!source) return Error{ErrorKind::invalid_argument, "--chat needs a model with tokenizer.chat_template"};
+  auto tmpl = ChatTemplate::parse(*source);
+  if (!tmpl) return tmpl.error();
+  std::vector<ChatMessage> messages;
+  if (!o.system.empty()) messages.push_back({"system", o.system});
+  messages.push_back({"user", o.chat});
+  auto text = tmpl->render(messages, /*add_generation_prompt=*/true, tok.token_text(tok.bos()),
+                           tok.token_text(tok.eos()));
+  if (!text) return text.error();
+  spdlog::debug("rendered prompt:\n{}", *text);
+  return tok.encode(*text, /*add_special=*/true, /*parse_special=*/true);
+}
+
+Expected<std::vector<std::pair<TokenId, float>>> parse_logit_bias(const std::vector<std::string>& items, int n_vocab) {
+  std::vector<std::pair<TokenId, float>> out;
+  for (const auto& item : items) {
+    const size_t eq = item.find('=');
+    try {
+      if (eq == std::string::npos) throw std::invalid_argument(item);
+      const long id = std::stol(item.substr(0, eq));
+      const float bias = std::stof(item.substr(eq + 1));
+      if (id < 0 || id >= n_vocab) throw std::out_of_range(item);
+      out.emplace_back(static_cast<TokenId>(id), bias);
+    } catch (const std::exception&) {
+      return Error{ErrorKind::invalid_argument, "--logit-bias '" + item + "': expected TOKEN_ID=BIAS with an id below " +
+                                                    std::to_string(n_vocab)};
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_generate(GenerateOptions o) {
+  if (o.verbose) spdlog::set_level(spdlog::level::debug);
+  if (o.prompt.empty() == o.chat.empty()) {
+    return fail({ErrorKind::invalid_argument, "give exactly one of --prompt and --chat"});
+  }
+  auto file = GgufFile::open(o.model_path);
+  if (!file) return fail(file.error());
+  auto model = Model::load(*file);
+  if (!model) return fail(model.error());
+  auto tokenizer = Tokenizer::from_gguf(**file);
+  if (!tokenizer) return fail(tokenizer.error());
+  const ModelConfig& c = (*model)->config();
+  if (tokenizer->n_vocab() != c.n_vocab) {
+    return fail({ErrorKind::invalid_model, o.model_path + ": the vocabulary has " + std::to_string(tokenizer->n_vocab()) +
+                                               " tokens but the embedding has " + std::to_string(c.n_vocab) + " rows"});
+  }
+
+  auto bias = parse_logit_bias(o.logit_bias, c.n_vocab);
+  if (!bias) return fail(bias.error());
+  o.params.sampling.logit_bias = std::move(*bias);
+  auto prompt = build_prompt(o, **file, *tokenizer);
+  if (!prompt) return fail(prompt.error());
+
+  const int n_ctx = std::min(o.ctx_size, c.n_ctx_train);
+  Forward forward(*model, o.batch_size, o.precision);
+  KvCache cache = forward.make_cache(n_ctx);
+  spdlog::debug("model: {} layers, {} embd, {} heads ({} kv), vocab {}; kernels {}; context {} ({} MiB KV)",
+                c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_vocab, kernels().name, n_ctx, cache.bytes() >> 20);
+
+  auto stats = generate(forward, cache, *tokenizer, *prompt, o.params, [](std::string_view text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  if (!stats) return fail(stats.error());
+  const double tps = stats->decode_seconds > 0 ? stats->n_generated / stats->decode_seconds : 0;
+  const double pps = stats->prefill_seconds > 0 ? stats->n_prompt / stats->prefill_seconds : 0;
+  if (o.verbose) {
+    std::fprintf(stderr, "prompt: %d tokens, %.1f tok/s; generated: %d tokens, %.1f tok/s; finish: %s\n",
+                 stats->n_prompt, pps, stats->n_generated, tps, to_string(stats->finish_reason));
+  }
+  return 0;
+}
+
+}  // namespace troupe::cli
