@@ -15,6 +15,9 @@ enum class ErrorKind {
   invalid_model,     // a model file is malformed or unsupported
   io,                // a file could not be opened, read or mapped
   out_of_memory,     // a limit (context, KV blocks) was reached
+  overloaded,        // the engine is full: try again later (HTTP 429 with Retry-After)
+  unavailable,       // the part of the engine serving the request failed (a shard died): HTTP 503
+  cancelled,         // the request was cancelled
   internal,          // a bug: should never be seen
 };
 
@@ -45,6 +48,22 @@ class Expected {
 
  private:
   std::variant<T, Error> v_;
+};
+
+// Success or an Error.
+template <>
+class Expected<void> {
+ public:
+  Expected() = default;
+  Expected(Error error) : error_(std::move(error)), ok_(false) {}
+
+  bool has_value() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const Error& error() const { return error_; }
+
+ private:
+  Error error_;
+  bool ok_ = true;
 };
 
 }  // namespace troupe
