@@ -38,7 +38,8 @@ class BlockAllocator {
 
  private:
   int n_total_;
-  std::vector<int> free_;  // a stack: the most recently freed block is reused first
+  std::vector<int> free_;         // a stack: the most recently freed block is reused first
+  std::vector<uint8_t> is_free_;  // (n_total): guards against freeing a block twice
 };
 
 struct SchedulerLimits {
@@ -92,14 +93,18 @@ class Scheduler {
   // not finished: decode entries first (oldest sequence first), then prefill chunks, up to max_batched_tokens.
   // Allocates the blocks the step's positions need. When the pool runs dry it preempts the most recently admitted
   // sequence that is not in flight (frees its blocks; it goes back to the front of the waiting queue and will
-  // recompute its prompt plus everything generated so far) rather than fail. Returns nullopt when there is nothing
-  // to run. Every returned sequence is marked in flight until complete() or abort() for this step.
+  // recompute its prompt plus everything generated so far) rather than fail. Only sequences admitted after the one
+  // that needs the blocks are preempted: when there are none, that one sits the step out and keeps its blocks.
+  // Admission is first come first served and takes no blocks from running sequences; a waiting sequence without
+  // credit stays queued without holding up the ones behind it. Returns nullopt when there is nothing to run. Every
+  // returned sequence is marked in flight until complete() or abort() for this step.
   std::optional<StepPlan> schedule();
 
   // The step ran: each entry's tokens are now in the KV cache. `sampled` has one token for each entry with
   // wants_logits, in entry order; each is appended to its sequence (consuming one credit). Sequences that reach
   // max_new_tokens or max_context, or that were finished or cancelled while in flight, leave and free their blocks;
-  // they are listed in `left` with the reason.
+  // they are listed in `left` with the reason (finish() while in flight gives SeqEvent::finished). A step that is
+  // not in flight (unknown, or completed or aborted already) is ignored.
   void complete(const StepPlan& step, const std::vector<TokenId>& sampled,
                 std::vector<std::pair<SeqId, SeqEvent>>* left = nullptr);
 
@@ -117,7 +122,9 @@ class Scheduler {
   // Preempts every sequence of this scheduler that is not in flight (used when a shard restarts with an empty cache).
   void preempt_all();
 
-  bool has_work() const;  // anything waiting or runnable (in flight does not count)
+  // Anything waiting or runnable (in flight and paused do not count). True does not promise that schedule() returns
+  // a step: the free blocks or running slots it needs may be held by steps in flight or by paused sequences.
+  bool has_work() const;
   bool contains(SeqId id) const;
   // The tokens of a sequence so far (prompt + generated); empty for unknown ids.
   const std::vector<TokenId>& tokens(SeqId id) const;
@@ -126,9 +133,41 @@ class Scheduler {
   const SchedulerLimits& limits() const { return limits_; }
 
  private:
-  struct Seq;
-  // (implementation's choice)
+  struct Seq {
+    std::vector<TokenId> tokens;  // prompt + generated; survives preemption
+    int n_prompt = 0;
+    int max_new_tokens = 0;
+    int n_computed = 0;           // positions 0 .. n_computed - 1 hold this sequence's keys and values
+    int64_t credit = 0;           // generated tokens that may still be appended; <= 0: paused
+    std::vector<int> blocks;      // block table: position p lives in blocks[p / block_size]
+    uint64_t in_flight_step = 0;  // the step computing it; 0 when none
+    bool finishing = false;       // finish() came while in flight: leave when that step completes
+
+    int n_generated() const { return static_cast<int>(tokens.size()) - n_prompt; }
+    int n_uncomputed() const { return static_cast<int>(tokens.size()) - n_computed; }
+  };
+
+  bool runnable(const Seq& s) const { return s.in_flight_step == 0 && s.credit > 0; }
+  int blocks_for(int n_positions) const { return (n_positions + limits_.block_size - 1) / limits_.block_size; }
+  // Gives running_[i] blocks for positions 0 .. n_positions - 1, preempting newer sequences when the pool is dry;
+  // false when it could not get them all (it keeps those it got).
+  bool reserve(size_t i, int n_positions, bool* preempted);
+  // Frees running_[i]'s blocks and puts it back at the front of the waiting queue.
+  void preempt(size_t i);
+  // Appends the sequence's next n uncomputed tokens to the plan and marks it in flight.
+  void add_entry(StepPlan& plan, SeqId id, int n);
+  // Frees the sequence's blocks and forgets it; notes why in `left` when given.
+  void remove(SeqId id, SeqEvent why, std::vector<std::pair<SeqId, SeqEvent>>* left);
+  bool end_step(uint64_t step_id);  // false for a step that is not in flight (unknown, or completed already)
+
   SchedulerLimits limits_;
+  BlockAllocator blocks_;
+  std::unordered_map<SeqId, Seq> seqs_;  // every known sequence: waiting, running, in flight
+  std::vector<SeqId> running_;           // admitted, oldest admission first
+  std::deque<SeqId> waiting_;            // not admitted, next to admit first
+  std::vector<uint64_t> in_flight_steps_;
+  uint64_t next_step_id_ = 1;
+  uint64_t n_preemptions_ = 0;
 };
 
 }  // namespace troupe
