@@ -188,14 +188,15 @@ void Scheduler::add_entry(StepPlan& plan, SeqId id, int n) {
   plan.entries.push_back(std::move(e));
 }
 
-std::optional<StepPlan> Scheduler::schedule() {
+std::optional<StepPlan> Scheduler::schedule(int max_sequences) {
   StepPlan plan;
   plan.step_id = next_step_id_;
   int budget = limits_.max_batched_tokens;
   bool preempted = false;
 
   // 1. Decode: one token for each sequence whose only uncomputed token is its last sampled one, oldest first.
-  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+  const auto room = [&] { return budget > 0 && static_cast<int>(plan.entries.size()) < max_sequences; };
+  for (size_t i = 0; i < running_.size() && room(); ++i) {
     Seq& s = seqs_.at(running_[i]);
     if (!runnable(s) || s.n_uncomputed() != 1) continue;
     if (!reserve(i, s.n_computed + 1, &preempted)) continue;
@@ -204,7 +205,7 @@ std::optional<StepPlan> Scheduler::schedule() {
   }
 
   // 2. Prefill: chunks of admitted sequences, oldest first, in what the budget leaves.
-  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+  for (size_t i = 0; i < running_.size() && room(); ++i) {
     Seq& s = seqs_.at(running_[i]);
     if (!runnable(s) || s.n_uncomputed() < 2) continue;
     const int want = std::min(s.n_uncomputed(), budget);
@@ -218,7 +219,7 @@ std::optional<StepPlan> Scheduler::schedule() {
   // 3. Admission, first come first served: a waiting sequence joins when a running slot and the blocks for its
   //    first chunk are free. Not after a preemption in this step (the pool is tight; the victim would come back).
   //    Paused ones (out of credit) stay queued without holding up the others.
-  for (size_t w = 0; w < waiting_.size() && !preempted && budget > 0;) {
+  for (size_t w = 0; w < waiting_.size() && !preempted && room();) {
     if (static_cast<int>(running_.size()) >= limits_.max_running) break;
     const SeqId id = waiting_[w];
     Seq& s = seqs_.at(id);

@@ -12,6 +12,7 @@
 // token depends on the previous step), so schedule() only picks sequences that are not in flight.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -97,8 +98,9 @@ class Scheduler {
   // that needs the blocks are preempted: when there are none, that one sits the step out and keeps its blocks.
   // Admission is first come first served and takes no blocks from running sequences; a waiting sequence without
   // credit stays queued without holding up the ones behind it. Returns nullopt when there is nothing to run. Every
-  // returned sequence is marked in flight until complete() or abort() for this step.
-  std::optional<StepPlan> schedule();
+  // returned sequence is marked in flight until complete() or abort() for this step. At most max_sequences
+  // sequences join the step (a pipeline keeps several steps in flight, each with its share of the sequences).
+  std::optional<StepPlan> schedule(int max_sequences = INT_MAX);
 
   // The step ran: each entry's tokens are now in the KV cache. `sampled` has one token for each entry with
   // wants_logits, in entry order; each is appended to its sequence (consuming one credit). Sequences that reach

@@ -26,6 +26,7 @@ const char* to_string(ErrorKind kind);
 struct Error {
   ErrorKind kind = ErrorKind::internal;
   std::string message;
+  double retry_after = 0;  // overloaded: seconds after which a retry is likely to be admitted
 };
 
 template <class T>

@@ -1,0 +1,193 @@
+// engine.cpp: Engine's implementation: an actor system, one scheduler actor per replica, and the calls from plain
+// C++ threads into them.
+#include "engine.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "troupe.hpp"
+
+namespace troupe {
+
+std::string Plan::describe() const {
+  return "tp=" + std::to_string(tp) + " pp=" + std::to_string(pp) + " replicas=" + std::to_string(replicas) +
+         " precision=" + (precision == Precision::exact ? "exact" : "fast") + " kv_blocks=" + std::to_string(kv_blocks) +
+         "x" + std::to_string(block_size) + " max_running=" + std::to_string(max_running) +
+         " max_batched_tokens=" + std::to_string(max_batched_tokens) + " max_waiting=" + std::to_string(max_waiting) +
+         " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads);
+}
+
+Plan auto_plan(const ModelConfig& config, int cores) {
+  // One replica, one stage: head groups share a step's work with the fewest messages per token, and a single
+  // replica batches every request together (batching is what pays on a CPU). One group per core, up to the KV heads.
+  Plan plan;
+  plan.tp = std::clamp(cores, 1, config.n_head_kv);
+  while (plan.tp > 1 && config.n_head_kv % plan.tp != 0 && plan.tp > cores) --plan.tp;
+  return plan;
+}
+
+Expected<void> check_plan(const Model& model, const Plan& plan) {
+  const ModelConfig& c = model.config();
+  auto bad = [](const std::string& m) { return Error{ErrorKind::invalid_argument, m}; };
+  if (plan.pp < 1 || plan.pp > c.n_layer) {
+    return bad("--pp " + std::to_string(plan.pp) + ": pipeline stages must be 1 .. " + std::to_string(c.n_layer));
+  }
+  if (plan.replicas < 1 || plan.replicas > 64) return bad("--replicas must be 1 .. 64");
+  if (plan.block_size < 1 || plan.block_size > 4096) return bad("--block-size must be 1 .. 4096");
+  if (plan.max_running < 1 || plan.max_batched_tokens < 1 || plan.max_waiting < 0) {
+    return bad("max_running and max_batched_tokens must be positive, max_waiting not negative");
+  }
+  if (plan.max_batched_tokens < plan.max_running) {
+    return bad("max_batched_tokens (" + std::to_string(plan.max_batched_tokens) + ") must be at least max_running (" +
+               std::to_string(plan.max_running) + "): every running sequence needs a token per step");
+  }
+  auto layers = split_range(c.n_layer, plan.pp, 1);
+  if (!layers) return layers.error();
+  for (auto [l0, l1] : *layers) {
+    auto specs = split_stage(c, l0, l1, plan.tp);
+    if (!specs) return specs.error();
+    for (const auto& s : *specs) {
+      if (auto ok = check_shard(model, s); !ok) return ok.error();
+    }
+  }
+  return {};
+}
+
+namespace {
+
+class ActorEngine final : public Engine {
+ public:
+  ActorEngine(std::shared_ptr<const Model> model, Tokenizer tokenizer, Plan plan)
+      : model_(std::move(model)), tokenizer_(std::move(tokenizer)), plan_(plan), system_(configure(config_, plan)),
+        loads_(plan.replicas) {
+    metrics_ = std::make_shared<Metrics>();
+    for (int r = 0; r < plan_.replicas; ++r) {
+      ReplicaInit init{model_, &tokenizer_, plan_, r, plan_.kv_blocks, plan_.max_context, metrics_,
+                       [this](int replica) { loads_[replica] -= 1; }};
+      schedulers_.push_back(spawn_scheduler(system_, std::move(init)));
+    }
+  }
+
+  ~ActorEngine() override {
+    for (const auto& s : schedulers_) caf::anon_send(s, stop_atom::value);
+    schedulers_.clear();
+    system_.await_all_actors_done();
+  }
+
+  Expected<RequestId> submit(Request request, std::shared_ptr<Sink> sink) override {
+    if (request.prompt.empty()) return Error{ErrorKind::invalid_argument, "the prompt is empty"};
+    if (request.params.max_tokens < 1) return Error{ErrorKind::invalid_argument, "max_tokens must be at least 1"};
+    const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.params.max_tokens;
+    if (total > plan_.max_context) {
+      return Error{ErrorKind::invalid_argument,
+                   "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
+                       std::to_string(request.params.max_tokens) + ") exceeds the context of " +
+                       std::to_string(plan_.max_context) + " tokens"};
+    }
+    // The least loaded replica (requests running or waiting on it).
+    int replica = 0;
+    for (int r = 1; r < plan_.replicas; ++r) {
+      if (loads_[r].load() < loads_[replica].load()) replica = r;
+    }
+    const RequestId id = next_id_++ * 64 + replica;  // the replica is recoverable from the id
+    auto sub = std::make_shared<Submission>(Submission{id, std::move(request), std::move(sink)});
+    loads_[replica] += 1;
+    caf::scoped_actor self{system_};
+    Expected<RequestId> out = Error{ErrorKind::internal, "no answer from the scheduler"};
+    self->request(schedulers_[replica], std::chrono::seconds(30), submit_atom::value, std::move(sub))
+        .receive(
+            [&](int kind, const std::string& message, double retry) {
+              if (kind < 0) {
+                out = id;
+              } else {
+                out = Error{static_cast<ErrorKind>(kind), message, retry};
+              }
+            },
+            [&](caf::error& e) { out = Error{ErrorKind::unavailable, "scheduler: " + system_.render(e)}; });
+    if (!out) loads_[replica] -= 1;
+    return out;
+  }
+
+  void ack(RequestId id, int n_tokens) override {
+    caf::anon_send(schedulers_[id % 64], ack_atom::value, id, n_tokens);
+  }
+
+  void cancel(RequestId id) override { caf::anon_send(schedulers_[id % 64], cancel_atom::value, id); }
+
+  EngineStats stats() override {
+    EngineStats total;
+    caf::scoped_actor self{system_};
+    for (const auto& s : schedulers_) {
+      self->request(s, std::chrono::seconds(10), stats_atom::value)
+          .receive(
+              [&](const EngineStats& r) {
+                total.running += r.running;
+                total.waiting += r.waiting;
+                total.paused += r.paused;
+                total.blocks_used += r.blocks_used;
+                total.blocks_total += r.blocks_total;
+                total.preemptions += r.preemptions;
+                total.steps += r.steps;
+                total.tokens_generated += r.tokens_generated;
+                total.prompt_tokens += r.prompt_tokens;
+                total.step_seconds += r.step_seconds;
+              },
+              [&](caf::error&) {});
+    }
+    total.messages = metrics_->messages.load();
+    total.compute_seconds = metrics_->compute_ns.load() * 1e-9;
+    total.shard_restarts = metrics_->shard_restarts.load();
+    return total;
+  }
+
+  const Plan& plan() const override { return plan_; }
+
+  double retry_after() override { return 1.0; }
+
+  void inject_fault(int replica, int stage, int group) override {
+    if (replica < 0 || replica >= plan_.replicas) return;
+    caf::anon_send(schedulers_[replica], fault_atom::value, stage, group);
+  }
+
+ private:
+  static caf::actor_system_config& configure(caf::actor_system_config& cfg, const Plan& plan) {
+    const int threads = plan.threads > 0 ? plan.threads : std::max(2u, std::thread::hardware_concurrency());
+    cfg.set("scheduler.max-threads", threads);
+    // Idle workers block on a condition variable after a short spin instead of sleeping in steps: messages from
+    // outside CAF (HTTP threads) then arrive in microseconds (see STACK.md).
+    cfg.set("work-stealing.moderate-poll-attempts", 0);
+    return cfg;
+  }
+
+  std::shared_ptr<const Model> model_;
+  Tokenizer tokenizer_;
+  Plan plan_;
+  caf::actor_system_config config_;
+  caf::actor_system system_;
+  std::vector<std::atomic<int>> loads_;
+  std::shared_ptr<Metrics> metrics_;
+  std::vector<caf::actor> schedulers_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<Engine>> Engine::start(std::shared_ptr<const Model> model, const Tokenizer& tokenizer,
+                                                const Plan& requested) {
+  Plan plan = requested;
+  const ModelConfig& c = model->config();
+  if (plan.max_context <= 0 || plan.max_context > c.n_ctx_train) plan.max_context = c.n_ctx_train;
+  if (plan.kv_blocks <= 0) {
+    // Room for one sequence of the whole context, and for max_running sequences up to 16384 positions in all
+    // (for SmolLM2-135M, 23 KB per position per replica in fp16: 377 MB).
+    const int64_t positions = std::max<int64_t>(plan.max_context, std::min<int64_t>(16384, int64_t{plan.max_running} * plan.max_context));
+    plan.kv_blocks = static_cast<int>((positions + plan.block_size - 1) / plan.block_size);
+  }
+  if (auto ok = check_plan(*model, plan); !ok) return ok.error();
+  spdlog::info("plan: {}", plan.describe());
+  return std::unique_ptr<Engine>(new ActorEngine(std::move(model), tokenizer, plan));
+}
+
+}  // namespace troupe

@@ -1,0 +1,114 @@
+// engine.hpp: the troupe, seen from outside. Plain C++: no CAF and no JSON in this interface, so the HTTP gateway,
+// the offline batch runner and tests drive the same engine the same way.
+//
+//   Engine::start(model, plan)   spawns the actors: per replica, pipeline stages of tensor-parallel shards and a
+//                                scheduler actor doing continuous batching over the replica's paged KV cache
+//   submit(request, sink)        queues a request on the least loaded replica, or refuses it at once (overloaded)
+//   ack(id, n)                   the consumer took n more tokens (backpressure credit)
+//   cancel(id)                   stops a request and frees its KV blocks within one scheduler step
+//   stats()                      counters for /metrics and tests
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+#include "generate.hpp"
+#include "model.hpp"
+#include "sampling.hpp"
+#include "tokenizer.hpp"
+
+namespace troupe {
+
+// How the model is cut: t head groups per stage, p pipeline stages, r replicas.
+struct Plan {
+  int tp = 1;
+  int pp = 1;
+  int replicas = 1;
+  Precision precision = Precision::fast;
+  int block_size = 16;           // KV positions per block
+  int kv_blocks = 0;             // blocks per replica; 0: max(context, min(16384, max_running * context)) positions
+  int max_running = 64;          // sequences decoding at once per replica
+  int max_batched_tokens = 256;  // tokens per step (decode tokens + prefill chunks)
+  int max_waiting = 256;         // queued requests per replica before "overloaded"
+  int max_context = 0;           // 0: the model's training context
+  int threads = 0;               // CAF scheduler threads; 0: the number of cores
+
+  std::string describe() const;  // "tp=2 pp=1 replicas=1 ..." for the start-up log
+};
+
+// Picks a plan for `cores` cores: head groups up to the model's KV heads and the cores, one stage, one replica.
+Plan auto_plan(const ModelConfig& config, int cores);
+// Checks that the model can be cut this way (group sizes, quantisation blocks, limits).
+Expected<void> check_plan(const Model& model, const Plan& plan);
+
+struct Request {
+  std::vector<TokenId> prompt;
+  GenerateParams params;  // max_tokens, stop strings, ignore_eos, sampling
+  int credit = 1 << 30;   // tokens that may be delivered before the consumer acks (backpressure window)
+};
+
+struct TokenEvent {
+  TokenId token = 0;
+  std::string text;  // the text this token completes (may be empty: a partial character or a held stop prefix)
+};
+
+struct FinishEvent {
+  FinishReason reason = FinishReason::length;
+  int n_prompt = 0;
+  int n_generated = 0;
+  std::string text;  // text released at the end (held-back bytes)
+};
+
+// Receives a request's events, on an engine thread: it must not block. Exactly one of on_finished / on_error ends
+// the stream.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual void on_token(const TokenEvent& event) = 0;
+  virtual void on_finished(const FinishEvent& event) = 0;
+  virtual void on_error(const Error& error) = 0;
+};
+
+using RequestId = uint64_t;
+
+struct EngineStats {
+  int running = 0;
+  int waiting = 0;
+  int paused = 0;
+  int blocks_used = 0;
+  int blocks_total = 0;
+  uint64_t preemptions = 0;
+  uint64_t steps = 0;
+  uint64_t messages = 0;          // actor messages sent for steps (scheduler, stages, shards)
+  uint64_t tokens_generated = 0;
+  uint64_t prompt_tokens = 0;
+  uint64_t shard_restarts = 0;
+  double compute_seconds = 0;     // time shards spent computing
+  double step_seconds = 0;        // wall time of steps from send to result (summed over steps)
+};
+
+class Engine {
+ public:
+  static Expected<std::unique_ptr<Engine>> start(std::shared_ptr<const Model> model, const Tokenizer& tokenizer,
+                                                 const Plan& plan);
+  virtual ~Engine() = default;
+
+  // Queues a request. Errors at once: overloaded (with a retry-after estimate in seconds in the message and
+  // retry_after()), invalid_argument (empty prompt, prompt plus max_tokens past the context).
+  virtual Expected<RequestId> submit(Request request, std::shared_ptr<Sink> sink) = 0;
+  virtual void ack(RequestId id, int n_tokens) = 0;
+  virtual void cancel(RequestId id) = 0;
+  virtual EngineStats stats() = 0;
+  virtual const Plan& plan() const = 0;
+  // Seconds a refused client should wait, from the measured drain rate.
+  virtual double retry_after() = 0;
+
+  // Fault injection for tests: the shard (replica, stage, group) throws on its next message.
+  virtual void inject_fault(int replica, int stage, int group) = 0;
+};
+
+}  // namespace troupe

@@ -1,0 +1,337 @@
+// scheduler_actor.cpp: one replica's scheduler. It wraps the plain Scheduler (continuous batching over the paged KV
+// cache), keeps up to pp steps in flight so pipeline stages overlap, samples each sequence's next token from the
+// last stage's logits, turns tokens into text (stop strings, end-of-generation) and feeds the requests' sinks.
+//
+// Faults: the scheduler spawns and monitors its stages; each stage monitors and respawns its shards. A failed step
+// fails only the sequences in it. A respawned shard has an empty KV cache, so the replica's other sequences are
+// preempted (recomputed from their tokens); steps already in flight when it happened fail too, since they ran over
+// the lost cache. A stage that dies takes the whole pipeline down: it is respawned and serving goes on.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <unordered_map>
+
+#include "scheduler.hpp"
+#include "troupe.hpp"
+
+namespace troupe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct SeqInfo {
+  std::shared_ptr<Sink> sink;
+  GenerateParams params;
+  Sampler sampler;
+  IncrementalDecoder decoder;
+  StopMatcher stops;
+  int n_prompt = 0;
+  int n_generated = 0;
+};
+
+struct InFlight {
+  StepPlan plan;
+  Clock::time_point sent;
+  bool tainted = false;  // ran over a cache a shard restart lost: its sequences fail when it returns
+};
+
+struct SchedulerState {
+  ReplicaInit init;
+  std::unique_ptr<Scheduler> sched;
+  std::unordered_map<SeqId, SeqInfo> seqs;
+  std::map<uint64_t, InFlight> in_flight;
+  std::vector<caf::actor> stages;
+  std::deque<Clock::time_point> completions;  // the last requests to finish: the drain rate for retry-after
+  std::vector<float> scratch;
+  EngineStats counters;
+};
+
+using SchedulerActor = caf::stateful_actor<SchedulerState>;
+
+// Sinks belong to the caller; one that throws must not take the replica down.
+template <class F>
+void to_sink(const std::shared_ptr<Sink>& sink, F&& f) {
+  try {
+    f(*sink);
+  } catch (const std::exception& e) {
+    spdlog::warn("a request's sink threw: {}", e.what());
+  }
+}
+
+double retry_after(const SchedulerState& st) {
+  const double waiting = st.sched->stats().waiting + 1;
+  if (st.completions.size() < 2) return std::clamp(waiting, 1.0, 600.0);
+  const double span = std::chrono::duration<double>(st.completions.back() - st.completions.front()).count();
+  const double rate = (st.completions.size() - 1) / std::max(span, 1e-3);  // requests finished per second
+  return std::clamp(waiting / rate, 1.0, 600.0);
+}
+
+void request_done(SchedulerActor* self, SeqId id) {
+  auto& st = self->state;
+  st.seqs.erase(id);
+  st.completions.push_back(Clock::now());
+  if (st.completions.size() > 64) st.completions.pop_front();
+  if (st.init.on_request_done) st.init.on_request_done(st.init.replica);
+}
+
+void end_sequence(SchedulerActor* self, SeqId id, FinishReason reason) {
+  auto& st = self->state;
+  auto it = st.seqs.find(id);
+  if (it == st.seqs.end()) return;
+  SeqInfo& s = it->second;
+  FinishEvent ev{reason, s.n_prompt, s.n_generated, {}};
+  if (reason == FinishReason::length) {
+    ev.text = s.stops.push(s.decoder.flush());
+    ev.text += s.stops.flush();
+  }
+  st.sched->finish(id);
+  auto sink = s.sink;
+  request_done(self, id);
+  to_sink(sink, [&](Sink& k) { k.on_finished(ev); });
+}
+
+void fail_sequence(SchedulerActor* self, SeqId id, const Error& error) {
+  auto& st = self->state;
+  auto it = st.seqs.find(id);
+  if (it == st.seqs.end()) return;
+  auto sink = it->second.sink;
+  st.sched->finish(id);
+  request_done(self, id);
+  to_sink(sink, [&](Sink& k) { k.on_error(error); });
+}
+
+void spawn_pipeline(SchedulerActor* self) {
+  auto& st = self->state;
+  const Plan& plan = st.init.plan;
+  const ModelConfig& c = st.init.model->config();
+  for (const auto& s : st.stages) {
+    self->demonitor(s);
+    self->send_exit(s, caf::exit_reason::user_shutdown);
+  }
+  st.stages.assign(plan.pp, caf::actor{});
+  auto layers = split_range(c.n_layer, plan.pp, 1);
+  caf::actor downstream = caf::actor_cast<caf::actor>(self);
+  for (int s = plan.pp - 1; s >= 0; --s) {  // last first: each stage needs the next one's handle
+    auto shards = split_stage(c, (*layers)[s].first, (*layers)[s].second, plan.tp);
+    StageInit si{st.init.model, *shards, s, s == 0, s == plan.pp - 1, plan.precision,
+                 plan.max_batched_tokens, st.init.n_blocks, plan.block_size, downstream,
+                 caf::actor_cast<caf::actor>(self), st.init.metrics};
+    st.stages[s] = spawn_stage(self, std::move(si));
+    self->monitor(st.stages[s]);
+    downstream = st.stages[s];
+  }
+}
+
+void pump(SchedulerActor* self) {
+  auto& st = self->state;
+  const int depth = st.init.plan.pp;
+  while (static_cast<int>(st.in_flight.size()) < depth) {
+    // With a pipeline, each step takes a share of the runnable sequences so that the next step has some too.
+    const int running = st.sched->stats().running;
+    const int cap = depth == 1 ? 1 << 30 : std::max(1, (running + depth - 1) / depth);
+    auto plan = st.sched->schedule(cap);
+    if (!plan) break;
+    StepData data;
+    data.step_id = plan->step_id;
+    for (const auto& e : plan->entries) {
+      StepLayout::Seq seq{data.layout.n_tokens, static_cast<int>(e.tokens.size()), e.pos0, e.block_table};
+      data.tokens.insert(data.tokens.end(), e.tokens.begin(), e.tokens.end());
+      data.layout.n_tokens += seq.n;
+      if (e.wants_logits) data.logit_rows.push_back(seq.first + seq.n - 1);
+      data.layout.seqs.push_back(std::move(seq));
+    }
+    st.counters.prompt_tokens += data.layout.n_tokens - static_cast<int>(data.logit_rows.size());
+    st.in_flight[plan->step_id] = {std::move(*plan), Clock::now(), false};
+    self->send(st.stages.front(), step_atom::value, share(std::move(data)), Activations{});
+    st.init.metrics->messages += 1;
+    st.counters.steps += 1;
+  }
+}
+
+// A shard restarted: everything in flight ran over a lost cache, and what is not in flight must recompute.
+void lose_cache(SchedulerActor* self) {
+  auto& st = self->state;
+  for (auto& [id, f] : st.in_flight) f.tainted = true;
+  st.sched->preempt_all();
+}
+
+void fail_step(SchedulerActor* self, uint64_t step_id, const Error& error) {
+  auto& st = self->state;
+  auto it = st.in_flight.find(step_id);
+  if (it == st.in_flight.end()) return;
+  InFlight f = std::move(it->second);
+  st.in_flight.erase(it);
+  st.sched->abort(f.plan);
+  for (const auto& e : f.plan.entries) fail_sequence(self, e.id, error);
+}
+
+void on_result(SchedulerActor* self, uint64_t step_id, const Logits& logits) {
+  auto& st = self->state;
+  auto it = st.in_flight.find(step_id);
+  if (it == st.in_flight.end()) return;
+  if (it->second.tainted) {
+    fail_step(self, step_id, {ErrorKind::unavailable, "a shard of this replica restarted while the request ran"});
+    return;
+  }
+  InFlight f = std::move(it->second);
+  st.in_flight.erase(it);
+  st.counters.step_seconds += std::chrono::duration<double>(Clock::now() - f.sent).count();
+  const int n_vocab = st.init.model->config().n_vocab;
+  std::vector<TokenId> sampled;
+  std::vector<SeqId> sampled_ids;
+  size_t row = 0;
+  for (const auto& e : f.plan.entries) {
+    if (!e.wants_logits) continue;
+    const float* l = logits->data() + row++ * n_vocab;
+    auto s = st.seqs.find(e.id);
+    TokenId tok = 0;
+    if (s != st.seqs.end()) {
+      st.scratch.assign(l, l + n_vocab);
+      tok = s->second.sampler.sample(st.scratch.data(), st.sched->tokens(e.id));
+    }
+    sampled.push_back(tok);
+    sampled_ids.push_back(e.id);
+  }
+  std::vector<std::pair<SeqId, SeqEvent>> left;
+  st.sched->complete(f.plan, sampled, &left);
+  for (size_t k = 0; k < sampled.size(); ++k) {
+    auto s = st.seqs.find(sampled_ids[k]);
+    if (s == st.seqs.end()) continue;  // cancelled while in flight
+    SeqInfo& info = s->second;
+    info.n_generated += 1;
+    st.counters.tokens_generated += 1;
+    const Tokenizer& tok = *st.init.tokenizer;
+    if (!info.params.ignore_eos && tok.is_eog(sampled[k])) {
+      end_sequence(self, sampled_ids[k], FinishReason::stop);
+      continue;
+    }
+    TokenEvent ev{sampled[k], info.stops.push(info.decoder.push(sampled[k]))};
+    to_sink(info.sink, [&](Sink& sink) { sink.on_token(ev); });
+    if (info.stops.stopped()) end_sequence(self, sampled_ids[k], FinishReason::stop);
+  }
+  for (const auto& [id, event] : left) {
+    if (event == SeqEvent::finished) end_sequence(self, id, FinishReason::length);
+  }
+}
+
+caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
+  auto& st = self->state;
+  st.init = std::move(init);
+  const Plan& plan = st.init.plan;
+  SchedulerLimits limits;
+  limits.block_size = plan.block_size;
+  limits.n_blocks = st.init.n_blocks;
+  limits.max_running = plan.max_running;
+  limits.max_batched_tokens = plan.max_batched_tokens;
+  limits.max_waiting = plan.max_waiting;
+  limits.max_context = st.init.max_context;
+  st.sched = std::make_unique<Scheduler>(limits);
+  spawn_pipeline(self);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& s = self->state;
+    if (std::none_of(s.stages.begin(), s.stages.end(), [&](const caf::actor& a) { return a.address() == dm.source; })) {
+      return;
+    }
+    spdlog::error("replica {}: a stage died ({}); restarting its pipeline", s.init.replica, caf::to_string(dm.reason));
+    std::vector<uint64_t> steps;
+    for (const auto& [id, f] : s.in_flight) steps.push_back(id);
+    for (uint64_t id : steps) fail_step(self, id, {ErrorKind::unavailable, "a pipeline stage died"});
+    s.sched->preempt_all();
+    spawn_pipeline(self);
+    pump(self);
+  });
+  return {
+      [=](submit_atom, std::shared_ptr<Submission>& sub) -> caf::message {
+        auto& s = self->state;
+        const ModelConfig& c = s.init.model->config();
+        const Request& r = sub->request;
+        for (TokenId t : r.prompt) {
+          if (t < 0 || t >= c.n_vocab) {
+            return caf::make_message(static_cast<int>(ErrorKind::invalid_argument),
+                                     "prompt token id " + std::to_string(t) + " is outside the vocabulary", 0.0);
+          }
+        }
+        auto added = s.sched->add(sub->id, r.prompt, r.params.max_tokens, r.credit);
+        if (!added) {
+          const double retry = added.error().kind == ErrorKind::overloaded ? retry_after(s) : 0.0;
+          return caf::make_message(static_cast<int>(added.error().kind), added.error().message, retry);
+        }
+        s.seqs.emplace(sub->id, SeqInfo{sub->sink, r.params, Sampler(r.params.sampling, c.n_vocab),
+                                        IncrementalDecoder(*s.init.tokenizer), StopMatcher(r.params.stop),
+                                        static_cast<int>(r.prompt.size()), 0});
+        pump(self);
+        return caf::make_message(-1, std::string(), 0.0);
+      },
+      [=](ack_atom, RequestId id, int n) {
+        self->state.sched->grant(id, n);
+        pump(self);
+      },
+      [=](cancel_atom, RequestId id) {
+        auto& s = self->state;
+        auto it = s.seqs.find(id);
+        if (it == s.seqs.end()) return;
+        FinishEvent ev{FinishReason::cancelled, it->second.n_prompt, it->second.n_generated, {}};
+        auto sink = it->second.sink;
+        s.sched->finish(id);  // frees its blocks now, or when its step returns
+        request_done(self, id);
+        to_sink(sink, [&](Sink& k) { k.on_finished(ev); });
+        pump(self);
+      },
+      [=](result_atom, uint64_t step_id, const Logits& logits) {
+        on_result(self, step_id, logits);
+        pump(self);
+      },
+      [=](failed_atom, uint64_t step_id, const std::string& why) {
+        spdlog::error("replica {}: step failed: {}", self->state.init.replica, why);
+        fail_step(self, step_id, {ErrorKind::unavailable, why});
+        lose_cache(self);
+        pump(self);
+      },
+      [=](restarted_atom, const std::string& why) {
+        spdlog::error("replica {}: {}", self->state.init.replica, why);
+        lose_cache(self);
+        pump(self);
+      },
+      [=](fault_atom, int stage, int group) {
+        auto& s = self->state;
+        if (stage >= 0 && stage < static_cast<int>(s.stages.size())) self->send(s.stages[stage], fault_atom::value, group);
+      },
+      [=](stop_atom) {
+        // Whoever still waits hears that the engine stopped; the stages (and their shards) stop with us.
+        auto& s = self->state;
+        for (auto& [id, info] : s.seqs) {
+          to_sink(info.sink, [](Sink& k) { k.on_error({ErrorKind::unavailable, "the engine stopped"}); });
+        }
+        s.seqs.clear();
+        for (const auto& stage : s.stages) {
+          self->demonitor(stage);
+          self->send_exit(stage, caf::exit_reason::user_shutdown);
+        }
+        self->quit();
+      },
+      [=](stats_atom) {
+        auto& s = self->state;
+        EngineStats out = s.counters;
+        const SchedulerStats ss = s.sched->stats();
+        out.running = ss.running;
+        out.waiting = ss.waiting;
+        out.paused = ss.paused;
+        out.blocks_used = ss.blocks_used;
+        out.blocks_total = ss.blocks_total;
+        out.preemptions = ss.preemptions;
+        return out;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_scheduler(caf::actor_system& system, ReplicaInit init) {
+  return system.spawn(scheduler_actor, std::move(init));
+}
+
+}  // namespace troupe

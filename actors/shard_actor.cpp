@@ -1,0 +1,82 @@
+// shard_actor.cpp: a shard actor owns one ShardWorker (its weights' slice and KV pool) and answers its stage's
+// attention and FFN requests for a layer with its partial sums. It runs detached (its own thread): its handlers are
+// pure compute, and a thread of its own keeps a long matmul from stalling the actors that only route messages.
+#include <chrono>
+#include <stdexcept>
+
+#include "troupe.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct ShardState {
+  std::unique_ptr<ShardWorker> worker;
+  caf::actor stage;
+  int group = 0;
+  int n_embd = 0;
+  bool fail_next = false;  // fault injection: throw on the next compute message
+  std::shared_ptr<Metrics> metrics;
+};
+
+using ShardActor = caf::stateful_actor<ShardState>;
+
+// Runs one compute call, timed, and replies with the partial sums or reports failure (the stage then fails the step).
+template <class F>
+void compute(ShardActor* self, uint64_t step_id, int layer, int n_tokens, F&& f) {
+  auto& st = self->state;
+  if (st.fail_next) throw std::runtime_error("injected fault in shard " + std::to_string(st.group));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto out = std::make_shared<std::vector<double>>(static_cast<size_t>(n_tokens) * st.n_embd);
+  Expected<void> r = f(out->data());
+  st.metrics->compute_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - t0).count();
+  st.metrics->messages += 1;
+  if (!r) {
+    self->send(st.stage, failed_atom::value, step_id, r.error().message);
+    return;
+  }
+  self->send(st.stage, partial_atom::value, step_id, layer, st.group, Partials{std::move(out)});
+}
+
+caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
+  auto& st = self->state;
+  st.stage = std::move(stage);
+  st.group = init.group;
+  st.n_embd = init.model->config().n_embd;
+  st.metrics = init.metrics;
+  // An exception ends this shard (its stage sees it go down and respawns it) with the exception's text as the
+  // reason, instead of CAF's default report on stderr.
+  self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      return caf::make_error(caf::sec::runtime_error, std::string(x.what()));
+    } catch (...) {
+      return caf::make_error(caf::sec::runtime_error, std::string("unknown exception"));
+    }
+  });
+  st.worker = std::make_unique<ShardWorker>(init.model, init.spec, init.precision, init.max_tokens, init.n_blocks,
+                                            init.block_size);
+  return {
+      [=](attn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
+        compute(self, step_id, layer, step->layout.n_tokens, [&](double* out) {
+          return self->state.worker->attention(layer, step->layout, xn->data(), out);
+        });
+      },
+      [=](ffn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
+        compute(self, step_id, layer, step->layout.n_tokens, [&](double* out) {
+          return self->state.worker->ffn(layer, step->layout.n_tokens, xn->data(), out);
+        });
+      },
+      [=](fault_atom) { self->state.fail_next = true; },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage) {
+  return parent->spawn<caf::detached>(shard_actor, std::move(init), std::move(stage));
+}
+
+}  // namespace troupe

@@ -1,0 +1,188 @@
+// stage_actor.cpp: a pipeline stage. It holds the residual stream of the step it is running and, for each of its
+// layers, does the two all-reduces of tensor parallelism with its shards.
+//
+// The all-reduce is a star: the stage sends the normed activations to its t shards (one shared buffer, not t
+// copies), each shard answers with its partial sum, and the stage adds them into the residual stream. That costs 2t
+// messages and two hops per reduction; a ring would take 2(t-1) hops and, inside one process where buffers are
+// shared rather than sent, saves nothing, and t is small (at most the model's KV heads). The stage adds partials in
+// shard order whatever order they arrive in, so results do not depend on timing.
+//
+// Steps arrive while one is running (pipelining keeps several in flight): they wait in a queue, in order.
+#include <deque>
+
+#include "troupe.hpp"
+
+namespace troupe {
+
+namespace {
+
+struct Pending {
+  Shared<StepData> step;
+  Activations x;
+};
+
+struct StageState {
+  StageInit init;
+  std::unique_ptr<StageCompute> compute;
+  std::shared_ptr<std::vector<caf::actor>> shard_list = std::make_shared<std::vector<caf::actor>>();
+  std::vector<caf::actor>& shards = *shard_list;
+  std::deque<Pending> queue;
+  // the running step
+  bool busy = false;
+  Shared<StepData> step;
+  std::vector<float> x;
+  int layer = 0;
+  bool in_ffn = false;
+  std::vector<Partials> partials;
+  int n_partials = 0;
+};
+
+using StageActor = caf::stateful_actor<StageState>;
+
+void start_next(StageActor* self);
+
+void send_to_shards(StageActor* self) {
+  auto& st = self->state;
+  const LayerWeights& L = st.init.model->layer(st.layer);
+  const int n = st.step->layout.n_tokens;
+  auto xn = std::make_shared<std::vector<float>>(st.x.size());
+  st.compute->norm(st.in_ffn ? L.ffn_norm : L.attn_norm, st.x.data(), n, xn->data());
+  const Activations shared{std::move(xn)};
+  st.partials.assign(st.shards.size(), Partials{});
+  st.n_partials = 0;
+  for (const auto& shard : st.shards) {
+    if (st.in_ffn) {
+      self->send(shard, ffn_atom::value, st.step->step_id, st.layer, st.step, shared);
+    } else {
+      self->send(shard, attn_atom::value, st.step->step_id, st.layer, st.step, shared);
+    }
+  }
+  st.init.metrics->messages += st.shards.size();
+}
+
+void finish_step(StageActor* self) {
+  auto& st = self->state;
+  if (st.init.last) {
+    const auto& rows = st.step->logit_rows;
+    auto logits = std::make_shared<std::vector<float>>(rows.size() * st.init.model->config().n_vocab);
+    if (!rows.empty()) st.compute->logits(st.x.data(), rows, logits->data());
+    self->send(st.init.downstream, result_atom::value, st.step->step_id, Logits{std::move(logits)});
+  } else {
+    self->send(st.init.downstream, step_atom::value, st.step, share(std::move(st.x)));
+  }
+  st.init.metrics->messages += 1;
+  st.busy = false;
+  st.step = {};
+  start_next(self);
+}
+
+void start_next(StageActor* self) {
+  auto& st = self->state;
+  if (st.busy || st.queue.empty()) return;
+  Pending p = std::move(st.queue.front());
+  st.queue.pop_front();
+  st.busy = true;
+  st.step = std::move(p.step);
+  const int n = st.step->layout.n_tokens;
+  const int n_embd = st.init.model->config().n_embd;
+  if (st.init.first) {
+    st.x.resize(static_cast<size_t>(n) * n_embd);
+    st.compute->embed(st.step->tokens.data(), n, st.x.data());
+  } else {
+    st.x = *p.x;  // the previous stage's output: one copy, since this stage adds to it
+  }
+  st.layer = st.init.shards.front().layer_begin;
+  st.in_ffn = false;
+  send_to_shards(self);
+}
+
+// A shard failed the running step (an error value, or it died): the scheduler fails the step's sequences.
+void fail_step(StageActor* self, const std::string& why) {
+  auto& st = self->state;
+  if (!st.busy) return;
+  self->send(st.init.scheduler, failed_atom::value, st.step->step_id, why);
+  st.busy = false;
+  st.step = {};
+  start_next(self);
+}
+
+caf::behavior stage_actor(StageActor* self, StageInit init) {
+  auto& st = self->state;
+  st.init = std::move(init);
+  st.compute = std::make_unique<StageCompute>(st.init.model, st.init.precision, st.init.max_tokens);
+  auto spawn_group = [self](int g) {
+    auto& s = self->state;
+    ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
+                 s.init.block_size, s.init.metrics};
+    caf::actor a = spawn_shard(self, std::move(si), caf::actor_cast<caf::actor>(self));
+    self->monitor(a);
+    return a;
+  };
+  for (size_t g = 0; g < st.init.shards.size(); ++g) st.shards.push_back(spawn_group(static_cast<int>(g)));
+  // The shards die with their stage.
+  self->attach_functor([list = st.shard_list]() {
+    for (const auto& s : *list) caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+  });
+  self->set_down_handler([self, spawn_group](caf::down_msg& dm) {
+    auto& s = self->state;
+    for (size_t g = 0; g < s.shards.size(); ++g) {
+      if (s.shards[g].address() != dm.source) continue;
+      // Respawn from the mapped weights; the new shard's KV pool is empty, so every sequence of this replica has
+      // lost part of its cache: the step running here fails, and the scheduler recomputes or fails the rest.
+      s.shards[g] = spawn_group(static_cast<int>(g));
+      s.init.metrics->shard_restarts += 1;
+      const std::string why = "shard " + std::to_string(g) + " of stage " + std::to_string(s.init.stage) +
+                              " died (" + caf::to_string(dm.reason) + ")";
+      if (s.busy) {
+        fail_step(self, why);
+      } else {
+        self->send(s.init.scheduler, restarted_atom::value, why);
+      }
+      return;
+    }
+  });
+  return {
+      [=](step_atom, Shared<StepData>& step, Activations& x) {
+        self->state.queue.push_back({std::move(step), std::move(x)});
+        start_next(self);
+      },
+      [=](partial_atom, uint64_t step_id, int layer, int group, Partials& part) {
+        auto& s = self->state;
+        if (!s.busy || s.step->step_id != step_id || s.layer != layer || group < 0 ||
+            group >= static_cast<int>(s.shards.size())) {
+          return;  // a late answer for a step that already failed
+        }
+        s.partials[group] = std::move(part);
+        if (++s.n_partials < static_cast<int>(s.shards.size())) return;
+        std::vector<const double*> views;
+        for (const auto& p : s.partials) views.push_back(p->data());
+        s.compute->add_partials(s.x.data(), s.step->layout.n_tokens, views);
+        s.partials.assign(s.shards.size(), Partials{});
+        if (s.in_ffn) {
+          s.in_ffn = false;
+          if (++s.layer == s.init.shards.front().layer_end) {
+            finish_step(self);
+            return;
+          }
+        } else {
+          s.in_ffn = true;
+        }
+        send_to_shards(self);
+      },
+      [=](failed_atom, uint64_t step_id, const std::string& why) {
+        if (self->state.busy && self->state.step->step_id == step_id) fail_step(self, why);
+      },
+      [=](fault_atom, int group) {
+        auto& s = self->state;
+        if (group >= 0 && group < static_cast<int>(s.shards.size())) self->send(s.shards[group], fault_atom::value);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_stage(caf::local_actor* parent, StageInit init) {
+  return parent->spawn(stage_actor, std::move(init));
+}
+
+}  // namespace troupe

@@ -1,0 +1,74 @@
+// troupe.hpp: spawning the actors of one replica. engine.cpp composes them; nothing outside actors/ includes this.
+//
+//   scheduler actor      one per replica: continuous batching (Scheduler), sampling, the requests' sinks; it spawns
+//                        and monitors the replica's stages and keeps up to pp steps in flight (pipelining)
+//   stage actor          one per pipeline stage: the residual stream, norms and the all-reduce of its shards'
+//                        partials; the first embeds tokens, the last computes logits; it spawns and monitors its
+//                        shards and respawns one that dies
+//   shard actor          one per (stage, head group), on its own thread: its slice of the weights and of the KV
+//                        cache (ShardWorker)
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <functional>
+#include <memory>
+
+#include "engine.hpp"
+#include "messages.hpp"
+
+namespace troupe {
+
+struct ShardInit {
+  std::shared_ptr<const Model> model;
+  ShardSpec spec;
+  int group = 0;
+  Precision precision = Precision::fast;
+  int max_tokens = 0;
+  int n_blocks = 0;
+  int block_size = 0;
+  std::shared_ptr<Metrics> metrics;
+};
+
+struct StageInit {
+  std::shared_ptr<const Model> model;
+  std::vector<ShardSpec> shards;
+  int stage = 0;
+  bool first = false, last = false;
+  Precision precision = Precision::fast;
+  int max_tokens = 0;
+  int n_blocks = 0;
+  int block_size = 0;
+  caf::actor downstream;  // the next stage, or the scheduler after the last
+  caf::actor scheduler;   // where failures are reported
+  std::shared_ptr<Metrics> metrics;
+};
+
+caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);
+caf::actor spawn_stage(caf::local_actor* parent, StageInit init);
+
+struct ReplicaInit {
+  std::shared_ptr<const Model> model;
+  const Tokenizer* tokenizer = nullptr;  // outlives the engine's actors
+  Plan plan;
+  int replica = 0;
+  int n_blocks = 0;
+  int max_context = 0;
+  std::shared_ptr<Metrics> metrics;
+  std::function<void(int)> on_request_done;  // called with the replica index when a request ends (load balancing)
+};
+
+// A request handed to a scheduler actor (local only: it carries the sink).
+struct Submission {
+  RequestId id = 0;
+  Request request;
+  std::shared_ptr<Sink> sink;
+};
+
+// Fault injection addressed to a replica's scheduler: (fault, stage, group).
+caf::actor spawn_scheduler(caf::actor_system& system, ReplicaInit init);
+
+}  // namespace troupe
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<troupe::Submission>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::EngineStats)
