@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "troupe.hpp"
@@ -63,9 +65,19 @@ class ActorEngine final : public Engine {
       : model_(std::move(model)), tokenizer_(std::move(tokenizer)), plan_(plan), system_(configure(config_, plan)),
         loads_(plan.replicas) {
     metrics_ = std::make_shared<Metrics>();
+    // TROUPE_FAULT=replica:stage:group:step, the fault-injection switch for front ends that have no API to call.
+    int f_replica = -1, f_stage = 0, f_group = 0;
+    unsigned long long f_step = 0;
+    if (const char* f = std::getenv("TROUPE_FAULT")) {
+      if (std::sscanf(f, "%d:%d:%d:%llu", &f_replica, &f_stage, &f_group, &f_step) != 4) {
+        spdlog::warn("TROUPE_FAULT='{}' ignored: expected replica:stage:group:step", f);
+        f_replica = -1;
+      }
+    }
     for (int r = 0; r < plan_.replicas; ++r) {
       ReplicaInit init{model_, &tokenizer_, plan_, r, plan_.kv_blocks, plan_.max_context, metrics_,
                        [this](int replica) { loads_[replica] -= 1; }};
+      if (r == f_replica) init.fault_step = f_step, init.fault_stage = f_stage, init.fault_group = f_group;
       schedulers_.push_back(spawn_scheduler(system_, std::move(init)));
     }
   }

@@ -49,11 +49,16 @@ struct Request {
   std::vector<TokenId> prompt;
   GenerateParams params;  // max_tokens, stop strings, ignore_eos, sampling
   int credit = 1 << 30;   // tokens that may be delivered before the consumer acks (backpressure window)
+  int logprobs = -1;      // -1: none; 0: the chosen token's log-probability; k > 0: and the k most likely tokens'
 };
 
+// Log-probabilities are the model's own distribution (log-softmax of the logits, before logit bias, penalties,
+// temperature and truncation), as vLLM reports them by default.
 struct TokenEvent {
   TokenId token = 0;
   std::string text;  // the text this token completes (may be empty: a partial character or a held stop prefix)
+  float logprob = 0;                             // when Request::logprobs >= 0
+  std::vector<std::pair<TokenId, float>> top;    // the Request::logprobs most likely tokens, most likely first
 };
 
 struct FinishEvent {
@@ -61,6 +66,7 @@ struct FinishEvent {
   int n_prompt = 0;
   int n_generated = 0;
   std::string text;  // text released at the end (held-back bytes)
+  double queue_seconds = 0;  // from submit to the first step that computed it
 };
 
 // Receives a request's events, on an engine thread: it must not block. Exactly one of on_finished / on_error ends
@@ -107,7 +113,8 @@ class Engine {
   // Seconds a refused client should wait, from the measured drain rate.
   virtual double retry_after() = 0;
 
-  // Fault injection for tests: the shard (replica, stage, group) throws on its next message.
+  // Fault injection for tests: the shard (replica, stage, group) throws on its next message. The environment switch
+  // TROUPE_FAULT=replica:stage:group:step does the same when that replica sends its step-th step (any front end).
   virtual void inject_fault(int replica, int stage, int group) = 0;
 };
 

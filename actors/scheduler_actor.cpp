@@ -9,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -31,6 +33,9 @@ struct SeqInfo {
   StopMatcher stops;
   int n_prompt = 0;
   int n_generated = 0;
+  int logprobs = -1;
+  Clock::time_point submitted = Clock::now();
+  double queue_seconds = -1;  // set when a step first computes it
 };
 
 struct InFlight {
@@ -83,7 +88,7 @@ void end_sequence(SchedulerActor* self, SeqId id, FinishReason reason) {
   auto it = st.seqs.find(id);
   if (it == st.seqs.end()) return;
   SeqInfo& s = it->second;
-  FinishEvent ev{reason, s.n_prompt, s.n_generated, {}};
+  FinishEvent ev{reason, s.n_prompt, s.n_generated, {}, std::max(0.0, s.queue_seconds)};
   if (reason == FinishReason::length) {
     ev.text = s.stops.push(s.decoder.flush());
     ev.text += s.stops.flush();
@@ -145,10 +150,22 @@ void pump(SchedulerActor* self) {
       data.layout.seqs.push_back(std::move(seq));
     }
     st.counters.prompt_tokens += data.layout.n_tokens - static_cast<int>(data.logit_rows.size());
+    const auto now = Clock::now();
+    for (const auto& e : plan->entries) {
+      auto it = st.seqs.find(e.id);
+      if (it != st.seqs.end() && it->second.queue_seconds < 0) {
+        it->second.queue_seconds = std::chrono::duration<double>(now - it->second.submitted).count();
+      }
+    }
     st.in_flight[plan->step_id] = {std::move(*plan), Clock::now(), false};
     self->send(st.stages.front(), step_atom::value, share(std::move(data)), Activations{});
     st.init.metrics->messages += 1;
     st.counters.steps += 1;
+    if (st.counters.steps == st.init.fault_step && st.init.fault_stage < static_cast<int>(st.stages.size())) {
+      spdlog::warn("replica {}: TROUPE_FAULT: shard {} of stage {} will fail", st.init.replica, st.init.fault_group,
+                   st.init.fault_stage);
+      self->send(st.stages[st.init.fault_stage], fault_atom::value, st.init.fault_group);
+    }
   }
 }
 
@@ -169,6 +186,31 @@ void fail_step(SchedulerActor* self, uint64_t step_id, const Error& error) {
   for (const auto& e : f.plan.entries) fail_sequence(self, e.id, error);
 }
 
+// The model's log-probability of `chosen` and of the k most likely tokens (log-softmax of the raw logits).
+void fill_logprobs(const float* logits, int n_vocab, TokenId chosen, int k, TokenEvent& ev) {
+  const float max = *std::max_element(logits, logits + n_vocab);
+  double sum = 0;
+  for (int i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - max));
+  const float log_z = max + static_cast<float>(std::log(sum));
+  ev.logprob = logits[chosen] - log_z;
+  if (k <= 0) return;
+  k = std::min(k, n_vocab);
+  std::vector<std::pair<float, TokenId>> best;
+  best.reserve(k + 1);
+  for (int i = 0; i < n_vocab; ++i) {  // a bounded min-heap of the k largest
+    if (static_cast<int>(best.size()) < k || logits[i] > best.front().first) {
+      best.emplace_back(logits[i], i);
+      std::push_heap(best.begin(), best.end(), std::greater<>());
+      if (static_cast<int>(best.size()) > k) {
+        std::pop_heap(best.begin(), best.end(), std::greater<>());
+        best.pop_back();
+      }
+    }
+  }
+  std::sort(best.begin(), best.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+  for (const auto& [logit, id] : best) ev.top.emplace_back(id, logit - log_z);
+}
+
 void on_result(SchedulerActor* self, uint64_t step_id, const Logits& logits) {
   auto& st = self->state;
   auto it = st.in_flight.find(step_id);
@@ -183,16 +225,21 @@ void on_result(SchedulerActor* self, uint64_t step_id, const Logits& logits) {
   const int n_vocab = st.init.model->config().n_vocab;
   std::vector<TokenId> sampled;
   std::vector<SeqId> sampled_ids;
+  std::vector<TokenEvent> events;  // logprobs, filled before sampling changes the logits
   size_t row = 0;
   for (const auto& e : f.plan.entries) {
     if (!e.wants_logits) continue;
     const float* l = logits->data() + row++ * n_vocab;
     auto s = st.seqs.find(e.id);
     TokenId tok = 0;
+    TokenEvent ev;
     if (s != st.seqs.end()) {
       st.scratch.assign(l, l + n_vocab);
       tok = s->second.sampler.sample(st.scratch.data(), st.sched->tokens(e.id));
+      if (s->second.logprobs >= 0) fill_logprobs(l, n_vocab, tok, s->second.logprobs, ev);
     }
+    ev.token = tok;
+    events.push_back(std::move(ev));
     sampled.push_back(tok);
     sampled_ids.push_back(e.id);
   }
@@ -209,7 +256,8 @@ void on_result(SchedulerActor* self, uint64_t step_id, const Logits& logits) {
       end_sequence(self, sampled_ids[k], FinishReason::stop);
       continue;
     }
-    TokenEvent ev{sampled[k], info.stops.push(info.decoder.push(sampled[k]))};
+    TokenEvent& ev = events[k];
+    ev.text = info.stops.push(info.decoder.push(sampled[k]));
     to_sink(info.sink, [&](Sink& sink) { sink.on_token(ev); });
     if (info.stops.stopped()) end_sequence(self, sampled_ids[k], FinishReason::stop);
   }
@@ -262,7 +310,7 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
         }
         s.seqs.emplace(sub->id, SeqInfo{sub->sink, r.params, Sampler(r.params.sampling, c.n_vocab),
                                         IncrementalDecoder(*s.init.tokenizer), StopMatcher(r.params.stop),
-                                        static_cast<int>(r.prompt.size()), 0});
+                                        static_cast<int>(r.prompt.size()), 0, r.logprobs});
         pump(self);
         return caf::make_message(-1, std::string(), 0.0);
       },

@@ -56,6 +56,9 @@ struct ReplicaInit {
   int max_context = 0;
   std::shared_ptr<Metrics> metrics;
   std::function<void(int)> on_request_done;  // called with the replica index when a request ends (load balancing)
+  // TROUPE_FAULT: make shard (fault_stage, fault_group) throw when this replica sends step fault_step (0: never)
+  uint64_t fault_step = 0;
+  int fault_stage = 0, fault_group = 0;
 };
 
 // A request handed to a scheduler actor (local only: it carries the sink).

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -42,6 +44,7 @@ class Collector : public Sink {
   void on_token(const TokenEvent& e) override {
     std::lock_guard lock(mu_);
     tokens.push_back(e.token);
+    events.push_back(e);
     text += e.text;
     cv_.notify_all();
   }
@@ -72,6 +75,7 @@ class Collector : public Sink {
   }
 
   std::vector<TokenId> tokens;
+  std::vector<TokenEvent> events;
   std::string text;
   std::optional<FinishEvent> finish;
   std::optional<Error> error;
@@ -309,4 +313,53 @@ TEST_CASE("engine: a shard that dies fails only its replica's running requests a
   const EngineStats s = idle_stats(*engine);
   CHECK(s.shard_restarts == 1);
   CHECK(s.blocks_used == 0);
+}
+
+TEST_CASE("engine: log-probabilities are the model's log-softmax, with the most likely alternatives in order") {
+  Plan plan;
+  plan.max_context = 256;
+  auto engine = start(plan);
+  auto sink = std::make_shared<Collector>();
+  const std::vector<TokenId> prompt{504, 3575, 282, 4649, 314};
+  Request r = greedy_request(prompt, 1);
+  r.logprobs = 5;
+  REQUIRE(engine->submit(r, sink).has_value());
+  REQUIRE(sink->wait());
+  REQUIRE(sink->events.size() == 1);
+  const TokenEvent& ev = sink->events[0];
+  Forward fw(loaded().model, 64);
+  KvCache cache = fw.make_cache(16);
+  const float* logits = *fw.run(prompt.data(), static_cast<int>(prompt.size()), 0, cache);
+  const int n_vocab = loaded().model->config().n_vocab;
+  double z = 0;
+  const float max = *std::max_element(logits, logits + n_vocab);
+  for (int i = 0; i < n_vocab; ++i) z += std::exp(double(logits[i]) - max);
+  const auto ref = [&](TokenId t) { return double(logits[t]) - max - std::log(z); };
+  CHECK(ev.logprob == doctest::Approx(ref(ev.token)).epsilon(1e-4));
+  REQUIRE(ev.top.size() == 5);
+  CHECK(ev.top[0].first == ev.token);  // greedy: the chosen token is the most likely
+  for (size_t k = 0; k < ev.top.size(); ++k) {
+    CHECK(ev.top[k].second == doctest::Approx(ref(ev.top[k].first)).epsilon(1e-4));
+    if (k > 0) CHECK(ev.top[k].second <= ev.top[k - 1].second);
+  }
+}
+
+TEST_CASE("engine: the TROUPE_FAULT switch kills a shard mid-run; its request fails, the next succeeds") {
+  setenv("TROUPE_FAULT", "0:0:0:3", 1);  // replica 0, stage 0, group 0, at the third step
+  Plan plan;
+  plan.tp = 3, plan.max_context = 256;
+  auto engine = start(plan);
+  unsetenv("TROUPE_FAULT");
+  auto a = std::make_shared<Collector>();
+  REQUIRE(engine->submit(greedy_request({504, 3575, 282}, 30), a).has_value());
+  REQUIRE(a->wait());
+  REQUIRE(a->error.has_value());
+  CHECK(a->error->kind == ErrorKind::unavailable);
+  CHECK(a->error->message.find("injected fault") != std::string::npos);
+  auto b = std::make_shared<Collector>();
+  REQUIRE(engine->submit(greedy_request({504, 3575, 282}, 10), b).has_value());
+  REQUIRE(b->wait());
+  CHECK_FALSE(b->error.has_value());
+  CHECK(b->tokens == reference_greedy({504, 3575, 282}, 10));
+  CHECK(idle_stats(*engine).shard_restarts == 1);
 }

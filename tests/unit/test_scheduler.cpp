@@ -624,3 +624,23 @@ TEST_CASE("scheduler: a random workload keeps the block accounting and generates
     CHECK(s.stats().preemptions > 0);  // the pool was small enough to need them
   }
 }
+
+TEST_CASE("scheduler: a step takes at most max_sequences sequences, leaving the rest for the next step in flight") {
+  Scheduler s({.block_size = 4, .n_blocks = 64, .max_running = 8, .max_batched_tokens = 64});
+  for (SeqId id = 1; id <= 5; ++id) REQUIRE(s.add(id, prompt_of(3, static_cast<int>(id)), 4));
+  auto first = s.schedule(2);
+  REQUIRE(first);
+  CHECK(first->entries.size() == 2);
+  auto second = s.schedule(2);
+  REQUIRE(second);
+  CHECK(second->entries.size() == 2);
+  auto third = s.schedule(2);
+  REQUIRE(third);
+  CHECK(third->entries.size() == 1);
+  CHECK_FALSE(s.schedule(2));  // every sequence is in flight
+  std::set<SeqId> seen;
+  for (const auto* p : {&*first, &*second, &*third}) {
+    for (const auto& e : p->entries) CHECK(seen.insert(e.id).second);  // no sequence in two steps
+  }
+  CHECK(seen.size() == 5);
+}
