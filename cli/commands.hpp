@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "generate.hpp"
+#include "plan_options.hpp"
 
 namespace troupe::cli {
 
@@ -26,5 +27,20 @@ struct GenerateOptions {
 
 // `troupe generate`: streams the continuation to stdout.
 int run_generate(GenerateOptions options);
+
+struct BatchOptions {
+  std::string model_path;
+  std::string in_path;   // JSONL: {"id", "prompt" | "messages", "max_tokens"?, "temperature"?, "seed"?, "stop"?}
+  std::string out_path;  // JSONL results, appended; ids already answered there are skipped (resume)
+  PlanOptions plan;
+  int parallel = 0;      // requests in flight at most; 0: the plan's max_running * replicas
+  bool verbose = false;  // debug logging to stderr
+  std::vector<std::string> logit_bias;  // "TOKEN_ID=BIAS", for every line
+  GenerateParams params;  // every line's defaults; sampling.seed is the base a line's own seed is derived from
+};
+
+// `troupe batch`: every line of the input through the Engine, results as each finishes. 0 when every line was
+// answered (a line's error is an answer), 1 on a fatal error, 130 when interrupted.
+int run_batch(BatchOptions options);
 
 }  // namespace troupe::cli

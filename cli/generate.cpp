@@ -4,10 +4,10 @@
 #include <cstdio>
 #include <random>
 
-#include "chat_template.hpp"
 #include "commands.hpp"
 #include "gguf.hpp"
 #include "model.hpp"
+#include "prompt.hpp"
 #include "tokenizer.hpp"
 
 namespace troupe::cli {
@@ -21,37 +21,13 @@ int fail(const Error& e) {
 
 // The prompt's token ids: raw text as given, or a chat message rendered with the model's own template.
 Expected<std::vector<TokenId>> build_prompt(const GenerateOptions& o, const GgufFile& file, const Tokenizer& tok) {
-  if (o.chat.empty()) return tok.encode(o.prompt, /*add_special=*/true, /*parse_special=*/true);
-  auto source = file.get_string("tokenizer.chat_template");
-  if (!source) return Error{ErrorKind::invalid_argument, "--chat needs a model with tokenizer.chat_template"};
-  auto tmpl = ChatTemplate::parse(*source);
+  if (o.chat.empty()) return encode_text(tok, o.prompt);
+  auto tmpl = load_chat_template(file);
   if (!tmpl) return tmpl.error();
   std::vector<ChatMessage> messages;
   if (!o.system.empty()) messages.push_back({"system", o.system});
   messages.push_back({"user", o.chat});
-  auto text = tmpl->render(messages, /*add_generation_prompt=*/true, tok.token_text(tok.bos()),
-                           tok.token_text(tok.eos()));
-  if (!text) return text.error();
-  spdlog::debug("rendered prompt:\n{}", *text);
-  return tok.encode(*text, /*add_special=*/true, /*parse_special=*/true);
-}
-
-Expected<std::vector<std::pair<TokenId, float>>> parse_logit_bias(const std::vector<std::string>& items, int n_vocab) {
-  std::vector<std::pair<TokenId, float>> out;
-  for (const auto& item : items) {
-    const size_t eq = item.find('=');
-    try {
-      if (eq == std::string::npos) throw std::invalid_argument(item);
-      const long id = std::stol(item.substr(0, eq));
-      const float bias = std::stof(item.substr(eq + 1));
-      if (id < 0 || id >= n_vocab) throw std::out_of_range(item);
-      out.emplace_back(static_cast<TokenId>(id), bias);
-    } catch (const std::exception&) {
-      return Error{ErrorKind::invalid_argument, "--logit-bias '" + item + "': expected TOKEN_ID=BIAS with an id below " +
-                                                    std::to_string(n_vocab)};
-    }
-  }
-  return out;
+  return encode_chat(*tmpl, tok, messages);
 }
 
 }  // namespace

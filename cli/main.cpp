@@ -1,7 +1,10 @@
 // main.cpp: the troupe command. It parses the command line and hands over to a subcommand; nothing else.
 //   troupe inspect MODEL
 //   troupe generate [--model M] (--prompt P | --chat P) [-n N] [sampling flags]
+//   troupe batch [--model M] --in PROMPTS.jsonl --out RESULTS.jsonl [plan flags] [sampling flags]
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdlib>
 #include <map>
@@ -15,6 +18,33 @@ std::string default_model() {
   if (const char* p = std::getenv("TROUPE_MODEL")) return p;
   return "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
+
+// The generation flags `generate` and `batch` share. Defaults follow llama.cpp's CLI (a sampled, varied answer);
+// --temp 0 is greedy.
+void add_sampling_flags(CLI::App& cmd, troupe::GenerateParams& params, std::vector<std::string>& logit_bias,
+                        int64_t& seed) {
+  auto& s = params.sampling;
+  s.temperature = 0.8f;
+  s.top_k = 40;
+  s.top_p = 0.95f;
+  s.min_p = 0.05f;
+  cmd.add_option("-n,--max-tokens", params.max_tokens, "tokens to generate at most")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("--temp", s.temperature, "temperature; 0 = greedy")->capture_default_str()->check(CLI::Range(0.0, 100.0));
+  cmd.add_option("--top-k", s.top_k, "keep the k most likely tokens; 0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd.add_option("--top-p", s.top_p, "nucleus mass; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--min-p", s.min_p, "drop tokens below min_p * p(top); 0 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--repeat-penalty", s.repetition_penalty, "repetition penalty; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  cmd.add_option("--presence-penalty", s.presence_penalty, "presence penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
+  cmd.add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
+  cmd.add_option("--repeat-last-n", s.penalty_last_n, "tokens the penalties look back over; -1 = all")->capture_default_str()->check(CLI::Range(-1, 1 << 20));
+  cmd.add_option("--logit-bias", logit_bias, "TOKEN_ID=BIAS, repeatable");
+  cmd.add_option("--seed", seed, "random seed; -1 = random")->capture_default_str();
+  cmd.add_option("--stop", params.stop, "stop string, repeatable");
+  cmd.add_flag("--ignore-eos", params.ignore_eos, "keep generating past end-of-generation tokens");
+}
+
+uint64_t seed_or_random(int64_t seed) { return seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}(); }
 
 }  // namespace
 
@@ -30,32 +60,13 @@ int main(int argc, char** argv) {
   GenerateOptions g;
   g.model_path = default_model();
   int64_t seed = -1;
-  auto& s = g.params.sampling;
-  // Defaults for the command line follow llama.cpp's CLI (a sampled, varied answer); --temp 0 is greedy.
-  s.temperature = 0.8f;
-  s.top_k = 40;
-  s.top_p = 0.95f;
-  s.min_p = 0.05f;
   auto* gen = app.add_subcommand("generate", "Run the model on a prompt and stream the text to stdout");
   gen->add_option("-m,--model", g.model_path, "GGUF model file (env TROUPE_MODEL)")->capture_default_str();
   auto* prompt = gen->add_option("-p,--prompt", g.prompt, "raw prompt text (special-token text is recognised)");
   auto* chat = gen->add_option("-c,--chat", g.chat, "a user message, rendered with the model's chat template");
   prompt->excludes(chat);
   gen->add_option("--system", g.system, "system message for --chat (default: the template's own)");
-  gen->add_option("-n,--max-tokens", g.params.max_tokens, "tokens to generate at most")->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
-  gen->add_option("--temp", s.temperature, "temperature; 0 = greedy")->capture_default_str()->check(CLI::Range(0.0, 100.0));
-  gen->add_option("--top-k", s.top_k, "keep the k most likely tokens; 0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
-  gen->add_option("--top-p", s.top_p, "nucleus mass; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  gen->add_option("--min-p", s.min_p, "drop tokens below min_p * p(top); 0 = off")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  gen->add_option("--repeat-penalty", s.repetition_penalty, "repetition penalty; 1 = off")->capture_default_str()->check(CLI::Range(0.0, 10.0));
-  gen->add_option("--presence-penalty", s.presence_penalty, "presence penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
-  gen->add_option("--frequency-penalty", s.frequency_penalty, "frequency penalty")->capture_default_str()->check(CLI::Range(-2.0, 2.0));
-  gen->add_option("--repeat-last-n", s.penalty_last_n, "tokens the penalties look back over; -1 = all")->capture_default_str()->check(CLI::Range(-1, 1 << 20));
-  gen->add_option("--logit-bias", g.logit_bias, "TOKEN_ID=BIAS, repeatable");
-  gen->add_option("--seed", seed, "random seed; -1 = random")->capture_default_str();
-  gen->add_option("--stop", g.params.stop, "stop string, repeatable");
-  gen->add_flag("--ignore-eos", g.params.ignore_eos, "keep generating past end-of-generation tokens");
+  add_sampling_flags(*gen, g.params, g.logit_bias, seed);
   gen->add_option("--ctx-size", g.ctx_size, "context size (KV cache positions)")->capture_default_str()->check(CLI::Range(16, 1 << 24));
   gen->add_option("--batch-size", g.batch_size, "prompt tokens per forward pass")->capture_default_str()->check(CLI::Range(1, 4096));
   gen->add_option("--precision", g.precision, "fast (8-bit activations, fp16 KV) or exact (fp32 throughout)")
@@ -64,11 +75,31 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen->add_flag("-v,--verbose", g.verbose, "print model details and timings to stderr");
 
+  BatchOptions b;
+  b.model_path = default_model();
+  int64_t batch_seed = 0;
+  auto* batch = app.add_subcommand("batch", "Run every prompt of a JSONL file through the engine; resumable");
+  batch->add_option("-m,--model", b.model_path, "GGUF model file (env TROUPE_MODEL)")->capture_default_str();
+  batch->add_option("--in", b.in_path, "input JSONL: {\"id\", \"prompt\" or \"messages\", ...} per line")->required();
+  batch->add_option("--out", b.out_path, "output JSONL, appended; ids already answered there are skipped")->required();
+  batch->add_option("--parallel", b.parallel, "requests in flight; 0 = max-running x replicas")->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  add_sampling_flags(*batch, b.params, b.logit_bias, batch_seed);
+  add_plan_options(*batch, b.plan);
+  batch->add_flag("-v,--verbose", b.verbose, "debug logging to stderr");
+
+  // Logs go to stderr: stdout carries generated text.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
+
   CLI11_PARSE(app, argc, argv);
   if (*inspect) return run_inspect(inspect_path);
   if (*gen) {
-    s.seed = seed >= 0 ? static_cast<uint64_t>(seed) : std::random_device{}();
+    g.params.sampling.seed = seed_or_random(seed);
     return run_generate(std::move(g));
+  }
+  if (*batch) {
+    b.params.sampling.seed = seed_or_random(batch_seed);
+    return run_batch(std::move(b));
   }
   return 0;
 }
