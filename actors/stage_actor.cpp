@@ -113,7 +113,7 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   auto spawn_group = [self](int g) {
     auto& s = self->state;
     ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
-                 s.init.block_size, s.init.metrics};
+                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1};
     caf::actor a = spawn_shard(self, std::move(si), caf::actor_cast<caf::actor>(self));
     self->monitor(a);
     return a;

@@ -5,7 +5,7 @@
 //   stage actor          one per pipeline stage: the residual stream, norms and the all-reduce of its shards'
 //                        partials; the first embeds tokens, the last computes logits; it spawns and monitors its
 //                        shards and respawns one that dies
-//   shard actor          one per (stage, head group), on its own thread: its slice of the weights and of the KV
+//   shard actor          one per (stage, head group), on its own thread when tp > 1: its slice of the weights and of the KV
 //                        cache (ShardWorker)
 #pragma once
 
@@ -28,6 +28,7 @@ struct ShardInit {
   int n_blocks = 0;
   int block_size = 0;
   std::shared_ptr<Metrics> metrics;
+  bool detached = false;  // its own thread (when the stage has several shards to run in parallel)
 };
 
 struct StageInit {
