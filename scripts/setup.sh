@@ -4,6 +4,13 @@
 #   scripts/setup.sh --ref    also the Python reference tools used to regenerate golden files
 set -euo pipefail
 
+# pip_install PACKAGE...: into the python3 the tests run. Debian 12's own python3 is "externally managed" (PEP 668)
+# and its pip refuses to install without --break-system-packages; the variable says the same to pips that know it
+# and means nothing to those that do not (a virtual environment or pyenv python).
+pip_install() {
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-cache-dir "$@"
+}
+
 apt_packages=(
   cmake g++ make pkg-config git ca-certificates unzip python3 python3-pip
   libcaf-dev                       # actors (core, io middleman, openssl)
@@ -14,6 +21,7 @@ apt_packages=(
   libspdlog-dev libfmt-dev         # logging
   libcli11-dev                     # command-line parsing
   clang libclang-rt-14-dev         # libFuzzer targets, sanitizers
+  curl jq                          # HTTP tests (tests/cli/http_curl.sh)
 )
 
 missing=()
@@ -27,6 +35,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The official OpenAI client, which the HTTP tests drive troupe serve with (tests/http/).
+python3 -c 'import openai' 2>/dev/null || { echo "setup: installing openai (pip)"; pip_install 'openai>=1'; }
+
 if [ "${1:-}" = "--ref" ]; then
   # Reference implementations for the golden files (not needed by CI, which reads the committed goldens).
   # llama.cpp is built for the instruction sets this CPU has, named one by one: gcc 12 with -march=native
@@ -37,5 +48,5 @@ if [ "${1:-}" = "--ref" ]; then
   CMAKE_ARGS+=" -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16)"
   CMAKE_ARGS+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
   export CMAKE_ARGS
-  python3 -m pip install -q --no-cache-dir llama-cpp-python==0.3.36 jinja2 gguf numpy
+  pip_install llama-cpp-python==0.3.36 jinja2 gguf numpy
 fi
