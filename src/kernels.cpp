@@ -1,6 +1,7 @@
 // kernels.cpp: scalar reference kernels, dispatch, and the element-wise steps.
 #include "kernels.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -40,9 +41,11 @@ void quantize_q8(const float* x, BlockQ8* y, int64_t n) {
   }
 }
 
-float dot_q4_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
+// The quantised dot products add each block's float term to a double sum. A block never straddles a chunk boundary,
+// so this keeps the split invariance of kernels.hpp; only the SIMD versions need whole chunks in float lanes.
+double dot_q4_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
   const auto* w = reinterpret_cast<const BlockQ4_0*>(row);
-  float sum = 0;
+  double sum = 0;
   for (int64_t b = 0; b < n_blocks; ++b) {
     int sumi = 0;
     for (int j = 0; j < 16; ++j) {
@@ -54,23 +57,24 @@ float dot_q4_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
   return sum;
 }
 
-float dot_q4_1(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
+double dot_q4_1(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
   const auto* w = reinterpret_cast<const BlockQ4_1*>(row);
-  float sum = 0;
+  double sum = 0;
   for (int64_t b = 0; b < n_blocks; ++b) {
     int sumi = 0;
     for (int j = 0; j < 16; ++j) {
       sumi += (w[b].qs[j] & 0x0f) * xq[b].qs[j];
       sumi += (w[b].qs[j] >> 4) * xq[b].qs[j + 16];
     }
-    sum += static_cast<float>(sumi) * fp16_to_f32(w[b].d) * xq[b].d + fp16_to_f32(w[b].m) * xq[b].s;
+    sum += static_cast<float>(sumi) * fp16_to_f32(w[b].d) * xq[b].d;
+    sum += static_cast<double>(fp16_to_f32(w[b].m)) * xq[b].s;  // the offset term, in double as the SIMD version
   }
   return sum;
 }
 
-float dot_q8_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
+double dot_q8_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
   const auto* w = reinterpret_cast<const BlockQ8_0*>(row);
-  float sum = 0;
+  double sum = 0;
   for (int64_t b = 0; b < n_blocks; ++b) {
     int sumi = 0;
     for (int j = 0; j < kQBlock; ++j) sumi += w[b].qs[j] * xq[b].qs[j];
@@ -79,49 +83,50 @@ float dot_q8_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
   return sum;
 }
 
-float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+// Float weights: a float sum per kChunk elements from the row's start, the chunks added in double.
+template <typename T, typename ToFloat>
+double dot_float(const T* v, const float* x, int64_t n, ToFloat to_f32) {
+  double sum = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    float s = 0;
+    for (int64_t j = j0; j < std::min<int64_t>(j0 + kChunk, n); ++j) s += to_f32(v[j]) * x[j];
+    sum += s;
+  }
+  return sum;
+}
+
+double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   const uint8_t* row = w.row(r);
   const int64_t n = w.cols;
+  const auto* half = reinterpret_cast<const uint16_t*>(row);
   switch (w.type) {
     case GgmlType::q4_0: return dot_q4_0(row, xq, n / kQBlock);
     case GgmlType::q4_1: return dot_q4_1(row, xq, n / kQBlock);
     case GgmlType::q8_0: return dot_q8_0(row, xq, n / kQBlock);
-    case GgmlType::f32: {
-      const auto* v = reinterpret_cast<const float*>(row);
-      float s = 0;
-      for (int64_t j = 0; j < n; ++j) s += v[j] * x[j];
-      return s;
-    }
-    case GgmlType::f16: {
-      const auto* v = reinterpret_cast<const uint16_t*>(row);
-      float s = 0;
-      for (int64_t j = 0; j < n; ++j) s += fp16_to_f32(v[j]) * x[j];
-      return s;
-    }
-    case GgmlType::bf16: {
-      const auto* v = reinterpret_cast<const uint16_t*>(row);
-      float s = 0;
-      for (int64_t j = 0; j < n; ++j) s += bf16_to_f32(v[j]) * x[j];
-      return s;
-    }
+    case GgmlType::f32: return dot_float(reinterpret_cast<const float*>(row), x, n, [](float f) { return f; });
+    case GgmlType::f16: return dot_float(half, x, n, fp16_to_f32);
+    case GgmlType::bf16: return dot_float(half, x, n, bf16_to_f32);
   }
   return 0;
 }
 
 }  // namespace ref
 
-// Dequantises 32 weights at a time and multiplies them with the float activations (the scalar reference).
-float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+// Dequantises 32 weights at a time and multiplies them with the float activations (the scalar reference): a float
+// sum per block, the blocks added in double.
+double exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   if (!w.quantized()) return ref::dot(w, r, x, xq);
-  Matrix block = w;  // one block of the row, viewed as a 1 x 32 matrix
-  block.cols = kQBlock;
-  block.row_bytes = w.row_bytes / (w.cols / kQBlock);
-  block.data = w.row(r);
+  Matrix blocks = w;  // the row's blocks, viewed as a (cols/32) x 32 matrix
+  blocks.cols = kQBlock;
+  blocks.row_bytes = ggml_type_traits(static_cast<uint32_t>(w.type))->block_bytes;
+  blocks.data = w.row(r);
   float buf[kQBlock];
-  float sum = 0;
+  double sum = 0;
   for (int64_t b = 0; b < w.cols / kQBlock; ++b) {
-    dequantize_row(block, b, buf);
-    for (int j = 0; j < kQBlock; ++j) sum += buf[j] * x[b * kQBlock + j];
+    dequantize_row(blocks, b, buf);
+    float s = 0;
+    for (int j = 0; j < kQBlock; ++j) s += buf[j] * x[b * kQBlock + j];
+    sum += s;
   }
   return sum;
 }
@@ -158,6 +163,16 @@ const Kernels& kernels() {
 
 void matmul(const Matrix& w, const float* x, const BlockQ8* xq, float* y, int n_tokens, int64_t r0, int64_t r1,
             const Kernels& k) {
+  const int64_t n_blocks = w.cols / kQBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int t = 0; t < n_tokens; ++t) {
+      y[t * w.rows + r] = static_cast<float>(k.dot(w, r, x + t * w.cols, xq ? xq + t * n_blocks : nullptr));
+    }
+  }
+}
+
+void matmul_partial(const Matrix& w, const float* x, const BlockQ8* xq, double* y, int n_tokens, int64_t r0,
+                    int64_t r1, const Kernels& k) {
   const int64_t n_blocks = w.cols / kQBlock;
   for (int64_t r = r0; r < r1; ++r) {
     for (int t = 0; t < n_tokens; ++t) {

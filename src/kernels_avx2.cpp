@@ -1,8 +1,10 @@
-// kernels_avx2.cpp: AVX2 + FMA versions of the quantised dot products and the activation quantiser.
+// kernels_avx2.cpp: AVX2 + FMA versions of the dot products and the activation quantiser.
 // Each function carries its target attribute, so this file builds without -mavx2 and only runs after a CPU check.
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "fp16.hpp"
 #include "kernels.hpp"
@@ -10,18 +12,24 @@
 namespace troupe {
 
 namespace ref {
-float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq);
+double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq);
 }
 
 namespace {
 
 #define TROUPE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-TROUPE_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+// ---- the chunk discipline of kernels.hpp ----
+// A chunk (kChunk elements: two blocks) accumulates in 8 float lanes from zero; flush() adds the lanes' two halves
+// in float and the 4 sums to 4 double lanes; hsum() adds the double lanes in a fixed order.
+TROUPE_AVX2 inline void flush(__m256 chunk, __m256d& sums) {
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(chunk), _mm256_extractf128_ps(chunk, 1));
+  sums = _mm256_add_pd(sums, _mm256_cvtps_pd(half));
+}
+
+TROUPE_AVX2 inline double hsum(__m256d sums) {
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(sums), _mm256_extractf128_pd(sums, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
 TROUPE_AVX2 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -29,89 +37,105 @@ TROUPE_AVX2 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 // 16 bytes of packed nibbles -> 32 bytes: low nibbles first (elements 0..15), then high nibbles (16..31).
 TROUPE_AVX2 inline __m256i unpack_nibbles(const uint8_t* qs) {
   const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(0x0f);
-  const __m128i lo = _mm_and_si128(packed, mask);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-  return _mm256_set_m128i(hi, lo);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
 }
 
-// Sum over 32 lanes of u (unsigned 0..255) * s (signed), as 8 int32 partial sums.
-TROUPE_AVX2 inline __m256i dot_u8_s8(__m256i u, __m256i s) {
+// ---- fast path: 8-bit activations ----
+
+// Sum over 32 lanes of u (unsigned 0..255) * s (signed), as 8 partial sums (int32, converted exactly to float).
+TROUPE_AVX2 inline __m256 dot_u8_s8(__m256i u, __m256i s) {
   const __m256i p16 = _mm256_maddubs_epi16(u, s);
-  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-TROUPE_AVX2 float dot_q4_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
-  const auto* w = reinterpret_cast<const BlockQ4_0*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  const __m256i eight = _mm256_set1_epi8(8);
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    // (q - 8) is signed: use |q - 8| as the unsigned operand and move its sign onto the activation.
-    const __m256i q = _mm256_sub_epi8(unpack_nibbles(w[b].qs), eight);
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].qs));
-    const __m256i sums = dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(h2f(w[b].d) * xq[b].d), acc);
+// A block's integer dot product with its activations, as 8 partial sums.
+TROUPE_AVX2 inline __m256 int_dot(const BlockQ4_0& w, const BlockQ8& a) {
+  // (q - 8) is signed: use |q - 8| as the unsigned operand and move its sign onto the activation.
+  const __m256i q = _mm256_sub_epi8(unpack_nibbles(w.qs), _mm256_set1_epi8(8));
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+  return dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+}
+
+TROUPE_AVX2 inline __m256 int_dot(const BlockQ4_1& w, const BlockQ8& a) {
+  return dot_u8_s8(unpack_nibbles(w.qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs)));
+}
+
+TROUPE_AVX2 inline __m256 int_dot(const BlockQ8_0& w, const BlockQ8& a) {
+  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs));
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+  return dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+}
+
+// A quantised row, two blocks per chunk. Each block adds its integer dot product * (its weight scale * its
+// activation scale) to the chunk's float lanes, as llama.cpp computes it; both scales of a chunk come from one
+// conversion and one multiply, [d0, d1] * [d0', d1']. Q4_1 also adds sum over blocks of m * s (llama.cpp's q4_1 x
+// q8_1): a block's (d, m) and its activations' (d', s) are adjacent, so the same multiply is
+// [d0, m0, d1, m1] * [d0', s0, d1', s1]; each m * s is exact in float (two fp16 values) and the offsets accumulate
+// in double (lanes: even and odd blocks). A trailing odd block is a chunk of its own.
+template <typename Block>
+TROUPE_AVX2 double dot_chunks(const Block* w, const BlockQ8* xq, int64_t n_blocks) {
+  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
+  __m256d sums = _mm256_setzero_pd();
+  __m128d offsets = _mm_setzero_pd();
+  int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    __m256 scale0, scale1;
+    if constexpr (kOffsets) {
+      uint32_t dm0, dm1;
+      std::memcpy(&dm0, &w[b].d, 4);
+      std::memcpy(&dm1, &w[b + 1].d, 4);
+      const __m128i dm = _mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dm0)), static_cast<int>(dm1), 1);
+      const __m128 ds = _mm_loadh_pi(_mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(&xq[b].d)),
+                                     reinterpret_cast<const __m64*>(&xq[b + 1].d));
+      const __m128 p = _mm_mul_ps(_mm_cvtph_ps(dm), ds);  // [scale0, offset0, scale1, offset1]
+      scale0 = _mm256_broadcastss_ps(p);
+      scale1 = _mm256_broadcastss_ps(_mm_movehl_ps(p, p));
+      offsets = _mm_add_pd(offsets, _mm_cvtps_pd(_mm_shuffle_ps(p, p, _MM_SHUFFLE(3, 1, 3, 1))));
+    } else {
+      const __m128i d = _mm_insert_epi16(_mm_cvtsi32_si128(w[b].d), w[b + 1].d, 1);
+      const __m128 dd = _mm_insert_ps(_mm_load_ss(&xq[b].d), _mm_load_ss(&xq[b + 1].d), 0x10);
+      const __m128 p = _mm_mul_ps(_mm_cvtph_ps(d), dd);  // [scale0, scale1, 0, 0]
+      scale0 = _mm256_broadcastss_ps(p);
+      scale1 = _mm256_broadcastss_ps(_mm_movehdup_ps(p));
+    }
+    const __m256 acc = _mm256_mul_ps(int_dot(w[b], xq[b]), scale0);
+    flush(_mm256_fmadd_ps(int_dot(w[b + 1], xq[b + 1]), scale1, acc), sums);
   }
-  return hsum(acc);
-}
-
-TROUPE_AVX2 float dot_q4_1(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
-  const auto* w = reinterpret_cast<const BlockQ4_1*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  float offsets = 0;
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const __m256i q = unpack_nibbles(w[b].qs);
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].qs));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_s8(q, a)), _mm256_set1_ps(h2f(w[b].d) * xq[b].d), acc);
-    offsets += h2f(w[b].m) * xq[b].s;
+  double offset = _mm_cvtsd_f64(_mm_add_sd(offsets, _mm_unpackhi_pd(offsets, offsets)));
+  if (b < n_blocks) {
+    flush(_mm256_mul_ps(int_dot(w[b], xq[b]), _mm256_set1_ps(h2f(w[b].d) * xq[b].d)), sums);
+    if constexpr (kOffsets) offset += static_cast<double>(h2f(w[b].m)) * xq[b].s;
   }
-  return hsum(acc) + offsets;
+  return hsum(sums) + offset;
 }
 
-TROUPE_AVX2 float dot_q8_0(const uint8_t* row, const BlockQ8* xq, int64_t n_blocks) {
-  const auto* w = reinterpret_cast<const BlockQ8_0*>(row);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[b].qs));
-    const __m256i sums = dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(h2f(w[b].d) * xq[b].d), acc);
-  }
-  return hsum(acc);
-}
+// ---- float weights (both paths) ----
 
-TROUPE_AVX2 float dot_f32(const float* w, const float* x, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
+// Float weights (f32, or f16 stored as uint16_t): 8 lanes over kChunk elements at a time; the remainder past the
+// last whole chunk is one more chunk, its last n % 8 elements summed in scalar float.
+TROUPE_AVX2 inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+TROUPE_AVX2 inline __m256 load8(const uint16_t* w) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+}
+inline float load1(const float* w) { return *w; }
+inline float load1(const uint16_t* w) { return fp16_to_f32(*w); }
+
+template <typename T>
+TROUPE_AVX2 double dot_floats(const T* w, const float* x, int64_t n) {
+  __m256d sums = _mm256_setzero_pd();
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), acc);
-  float s = hsum(acc);
-  for (; j < n; ++j) s += w[j] * x[j];
-  return s;
-}
-
-TROUPE_AVX2 float dot_f16(const uint16_t* w, const float* x, int64_t n) {
+  for (; j + kChunk <= n; j += kChunk) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int k = 0; k < kChunk; k += 8) acc = _mm256_fmadd_ps(load8(w + j + k), _mm256_loadu_ps(x + j + k), acc);
+    flush(acc, sums);
+  }
+  if (j == n) return hsum(sums);
   __m256 acc = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 wf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j)));
-    acc = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + j), acc);
-  }
-  float s = hsum(acc);
-  for (; j < n; ++j) s += fp16_to_f32(w[j]) * x[j];
-  return s;
-}
-
-TROUPE_AVX2 float dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
-  const uint8_t* row = w.row(r);
-  switch (w.type) {
-    case GgmlType::q4_0: return dot_q4_0(row, xq, w.cols / kQBlock);
-    case GgmlType::q4_1: return dot_q4_1(row, xq, w.cols / kQBlock);
-    case GgmlType::q8_0: return dot_q8_0(row, xq, w.cols / kQBlock);
-    case GgmlType::f32: return dot_f32(reinterpret_cast<const float*>(row), x, w.cols);
-    case GgmlType::f16: return dot_f16(reinterpret_cast<const uint16_t*>(row), x, w.cols);
-    case GgmlType::bf16: return ref::dot(w, r, x, xq);
-  }
-  return 0;
+  for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(load8(w + j), _mm256_loadu_ps(x + j), acc);
+  flush(acc, sums);
+  float tail = 0;
+  for (; j < n; ++j) tail += load1(w + j) * x[j];
+  return hsum(sums) + tail;
 }
 
 // Same rounding as the reference (ties to even), so both give identical blocks.
@@ -164,40 +188,63 @@ TROUPE_AVX2 inline __m256 fma_block_u8(__m256i q, float d, float m, const float*
   return acc;
 }
 
-TROUPE_AVX2 float exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+// acc += the block's dequantised weights . its 32 activations x.
+TROUPE_AVX2 inline __m256 fma_block(const BlockQ4_0& w, const float* x, __m256 acc) {
+  const float d = h2f(w.d);
+  return fma_block_u8(unpack_nibbles(w.qs), d, -8.0f * d, x, acc);
+}
+
+TROUPE_AVX2 inline __m256 fma_block(const BlockQ4_1& w, const float* x, __m256 acc) {
+  return fma_block_u8(unpack_nibbles(w.qs), h2f(w.d), h2f(w.m), x, acc);
+}
+
+TROUPE_AVX2 inline __m256 fma_block(const BlockQ8_0& w, const float* x, __m256 acc) {
+  const __m256 vd = _mm256_set1_ps(h2f(w.d));
+  for (int k = 0; k < 4; ++k) {
+    const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.qs + 8 * k));
+    const __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), vd);
+    acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 8 * k), acc);
+  }
+  return acc;
+}
+
+// A quantised row, two blocks per chunk in float lanes, chunks in double; a trailing odd block is a chunk of its own.
+template <typename Block>
+TROUPE_AVX2 double exact_chunks(const Block* w, const float* x, int64_t n_blocks) {
+  __m256d sums = _mm256_setzero_pd();
+  int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    const __m256 acc = fma_block(w[b], x + b * kQBlock, _mm256_setzero_ps());
+    flush(fma_block(w[b + 1], x + (b + 1) * kQBlock, acc), sums);
+  }
+  if (b < n_blocks) flush(fma_block(w[b], x + b * kQBlock, _mm256_setzero_ps()), sums);
+  return hsum(sums);
+}
+
+// ---- dispatch on the weight type ----
+
+TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   const uint8_t* row = w.row(r);
   const int64_t nb = w.cols / kQBlock;
-  __m256 acc = _mm256_setzero_ps();
   switch (w.type) {
-    case GgmlType::q4_0: {
-      const auto* b = reinterpret_cast<const BlockQ4_0*>(row);
-      for (int64_t i = 0; i < nb; ++i) {
-        const float d = h2f(b[i].d);
-        acc = fma_block_u8(unpack_nibbles(b[i].qs), d, -8.0f * d, x + i * kQBlock, acc);
-      }
-      return hsum(acc);
-    }
-    case GgmlType::q4_1: {
-      const auto* b = reinterpret_cast<const BlockQ4_1*>(row);
-      for (int64_t i = 0; i < nb; ++i) {
-        acc = fma_block_u8(unpack_nibbles(b[i].qs), h2f(b[i].d), h2f(b[i].m), x + i * kQBlock, acc);
-      }
-      return hsum(acc);
-    }
-    case GgmlType::q8_0: {
-      const auto* b = reinterpret_cast<const BlockQ8_0*>(row);
-      for (int64_t i = 0; i < nb; ++i) {
-        const __m256 vd = _mm256_set1_ps(h2f(b[i].d));
-        for (int k = 0; k < 4; ++k) {
-          const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * k));
-          const __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)), vd);
-          acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * kQBlock + 8 * k), acc);
-        }
-      }
-      return hsum(acc);
-    }
-    default:
-      return dot(w, r, x, xq);  // float weights: already exact
+    case GgmlType::q4_0: return dot_chunks(reinterpret_cast<const BlockQ4_0*>(row), xq, nb);
+    case GgmlType::q4_1: return dot_chunks(reinterpret_cast<const BlockQ4_1*>(row), xq, nb);
+    case GgmlType::q8_0: return dot_chunks(reinterpret_cast<const BlockQ8_0*>(row), xq, nb);
+    case GgmlType::f32: return dot_floats(reinterpret_cast<const float*>(row), x, w.cols);
+    case GgmlType::f16: return dot_floats(reinterpret_cast<const uint16_t*>(row), x, w.cols);
+    case GgmlType::bf16: return ref::dot(w, r, x, xq);
+  }
+  return 0;
+}
+
+TROUPE_AVX2 double exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  const uint8_t* row = w.row(r);
+  const int64_t nb = w.cols / kQBlock;
+  switch (w.type) {
+    case GgmlType::q4_0: return exact_chunks(reinterpret_cast<const BlockQ4_0*>(row), x, nb);
+    case GgmlType::q4_1: return exact_chunks(reinterpret_cast<const BlockQ4_1*>(row), x, nb);
+    case GgmlType::q8_0: return exact_chunks(reinterpret_cast<const BlockQ8_0*>(row), x, nb);
+    default: return dot(w, r, x, xq);  // float weights: already exact
   }
 }
 

@@ -2,8 +2,11 @@
 // the scalar quantised dot products against a plain float dot product of dequantised weights.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "fp16.hpp"
@@ -51,6 +54,23 @@ std::vector<float> random_vector(int64_t n, std::mt19937& rng, float range = 2.0
 }
 
 const GgmlType kAllTypes[] = {GgmlType::f32, GgmlType::f16, GgmlType::bf16, GgmlType::q4_0, GgmlType::q4_1, GgmlType::q8_0};
+
+// Columns [c0, c1) of w, as a tensor-parallel shard holds them: same rows and row stride, data advanced by c0.
+Matrix column_slice(const Matrix& w, int64_t c0, int64_t c1) {
+  const GgmlTypeTraits* tr = ggml_type_traits(static_cast<uint32_t>(w.type));
+  Matrix s = w;
+  s.data = w.data + c0 / tr->block_elems * tr->block_bytes;
+  s.cols = c1 - c0;
+  return s;
+}
+
+// Every kernel set there is on this CPU: fast and exact, scalar and SIMD.
+std::vector<const Kernels*> all_kernel_sets() {
+  std::vector<const Kernels*> sets{&scalar_kernels(), &scalar_exact_kernels()};
+  if (const Kernels* k = avx2_kernels()) sets.push_back(k);
+  if (const Kernels* k = avx2_exact_kernels()) sets.push_back(k);
+  return sets;
+}
 
 }  // namespace
 
@@ -103,7 +123,7 @@ TEST_CASE("kernels: scalar quantised dot products equal a float dot of dequantis
         want += static_cast<double>(row[j]) * (q ? xd[j] : x[j]);
         scale += std::fabs(row[j] * x[j]);
       }
-      const float got = scalar_kernels().dot(w.m, r, x.data(), xq.data());
+      const double got = scalar_kernels().dot(w.m, r, x.data(), xq.data());
       // Q4_1's offset term uses s rounded through fp16, so allow a relative error of a few 1e-4 of the magnitude.
       REQUIRE(std::fabs(got - want) <= 1e-3 * scale + 1e-5);
     }
@@ -123,8 +143,8 @@ TEST_CASE("kernels: SIMD dot products match the scalar reference for every type"
       scalar_kernels().quantize_q8(x.data(), xq.data(), cols);
       std::vector<float> row(cols);
       for (int r = 0; r < 5; ++r) {
-        const float a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
-        const float b = simd->dot(w.m, r, x.data(), xq.data());
+        const double a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
+        const double b = simd->dot(w.m, r, x.data(), xq.data());
         // Only the order of float additions differs: bound the error by the magnitude of the terms.
         dequantize_row(w.m, r, row.data());
         double magnitude = 0;
@@ -149,7 +169,7 @@ TEST_CASE("kernels: matmul over a batch equals one dot product per token and row
       if (r < 2 || r >= 6) {
         CHECK(y[t * 7 + r] == -1.0f);  // rows outside the range are untouched
       } else {
-        CHECK(y[t * 7 + r] == kernels().dot(w.m, r, &x[t * 128], &xq[t * 4]));
+        CHECK(y[t * 7 + r] == static_cast<float>(kernels().dot(w.m, r, &x[t * 128], &xq[t * 4])));
       }
     }
   }
@@ -215,5 +235,96 @@ TEST_CASE("kernels: the exact (fp32) path matches its scalar reference and a flo
       REQUIRE(std::fabs(scalar_exact_kernels().dot(w.m, r, x.data(), nullptr) - want) <= 1e-6 * magnitude + 1e-6);
       if (simd) REQUIRE(std::fabs(simd->dot(w.m, r, x.data(), nullptr) - want) <= 1e-6 * magnitude + 1e-6);
     }
+  }
+}
+
+// The tensor-parallel invariant of kernels.hpp: a row split by columns at multiples of kChunk, its shards' double
+// partials added and rounded once, gives the float of the unsplit dot product.
+TEST_CASE("kernels: dot products are invariant to column splits at multiples of 64, for every kernel and type") {
+  std::mt19937 rng(7);
+  for (const Kernels* k : all_kernel_sets()) {
+    const std::string name = k->name;
+    const bool quantised_acts = k->quantize_q8 != nullptr;
+    int n_cases = 0, n_equal = 0, n_float_cases = 0, n_float_equal = 0;
+    for (GgmlType type : kAllTypes) {
+      CAPTURE(name);
+      CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+      for (int64_t cols : {576, 608, 1536}) {  // 608: 19 blocks, the last chunk a half one
+        CAPTURE(cols);
+        const int n_rows = 8;
+        RandomMatrix w(type, n_rows, cols, rng);
+        auto x = random_vector(cols, rng);
+        std::vector<BlockQ8> xq(cols / kQBlock);
+        scalar_kernels().quantize_q8(x.data(), xq.data(), cols);
+        // The partial dot product of row r over columns [c0, c1).
+        auto part = [&](int64_t r, int64_t c0, int64_t c1) {
+          const BlockQ8* xq_part = quantised_acts ? xq.data() + c0 / kQBlock : nullptr;
+          return k->dot(column_slice(w.m, c0, c1), r, x.data() + c0, xq_part);
+        };
+        // The same split with float accumulation across chunks, as the kernels did before: the sum over each part
+        // in float, chained term by term from the part's start. Splitting changes where the float chain restarts,
+        // so this differs from the unsplit sum in a sizeable share of cases, which is what the check below would
+        // catch (and did: greedy tokens changed with the shard count).
+        std::vector<float> row(cols);
+        auto float_part = [&](int64_t c0, int64_t c1) {
+          float s = 0;
+          for (int64_t j = c0; j < c1; ++j) s += row[j] * x[j];
+          return s;
+        };
+        const int n_cases_before = n_cases, n_equal_before = n_equal;
+        for (int r = 0; r < n_rows; ++r) {
+          dequantize_row(w.m, r, row.data());
+          const float whole = static_cast<float>(k->dot(w.m, r, x.data(), quantised_acts ? xq.data() : nullptr));
+          const float float_whole = float_part(0, cols);
+          for (int64_t c1 = kChunk; c1 < cols; c1 += kChunk) {
+            ++n_cases;  // two shards
+            n_equal += static_cast<float>(part(r, 0, c1) + part(r, c1, cols)) == whole;
+            ++n_float_cases;
+            n_float_equal += static_cast<float>(static_cast<double>(float_part(0, c1)) + float_part(c1, cols)) ==
+                             float_whole;
+            for (int64_t c2 = c1 + kChunk; c2 < cols; c2 += kChunk) {
+              ++n_cases;  // three shards, added in order as the coordinator does
+              n_equal += static_cast<float>(part(r, 0, c1) + part(r, c1, c2) + part(r, c2, cols)) == whole;
+            }
+          }
+        }
+        REQUIRE(n_equal - n_equal_before >= 0.999 * (n_cases - n_cases_before));
+      }
+    }
+    MESSAGE(name << ": " << n_equal << " of " << n_cases << " splits give the unsplit float (with float accumulation "
+                 << "across chunks: " << n_float_equal << " of " << n_float_cases << ")");
+    CHECK(n_float_equal < 0.99 * n_float_cases);  // the check can fail: float accumulation breaks the invariant
+  }
+}
+
+TEST_CASE("kernels: matmul_partial over column shards, added in double and rounded once, equals matmul") {
+  std::mt19937 rng(8);
+  for (GgmlType type : {GgmlType::q4_1, GgmlType::q8_0, GgmlType::f32}) {
+    CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+    const int n_rows = 16, n_tokens = 3;
+    const int64_t cols = 1536, cut[] = {0, 448, 1024, cols};  // three shards at multiples of 64
+    RandomMatrix w(type, n_rows, cols, rng);
+    auto x = random_vector(n_tokens * cols, rng);
+    std::vector<BlockQ8> xq(n_tokens * cols / kQBlock);
+    kernels().quantize_q8(x.data(), xq.data(), n_tokens * cols);
+    std::vector<float> want(n_tokens * n_rows);
+    matmul(w.m, x.data(), xq.data(), want.data(), n_tokens, 0, n_rows);
+
+    std::vector<double> sum(n_tokens * n_rows, 0.0), part(n_tokens * n_rows);
+    for (int s = 0; s < 3; ++s) {
+      // A shard holds its own columns of the activations, (n_tokens, cut[s+1] - cut[s]), quantised the same way.
+      const int64_t n = cut[s + 1] - cut[s];
+      std::vector<float> xs(n_tokens * n);
+      std::vector<BlockQ8> xqs(n_tokens * n / kQBlock);
+      for (int t = 0; t < n_tokens; ++t) {
+        std::copy_n(&x[t * cols + cut[s]], n, &xs[t * n]);
+        std::copy_n(&xq[(t * cols + cut[s]) / kQBlock], n / kQBlock, &xqs[t * n / kQBlock]);
+      }
+      matmul_partial(column_slice(w.m, cut[s], cut[s + 1]), xs.data(), xqs.data(), part.data(), n_tokens, 0, n_rows);
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
+    }
+    int n_equal = 0;
+    for (size_t i = 0; i < sum.size(); ++i) n_equal += static_cast<float>(sum[i]) == want[i];
+    CHECK(n_equal == static_cast<int>(sum.size()));
   }
 }
