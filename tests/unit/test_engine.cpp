@@ -193,9 +193,8 @@ TEST_CASE("engine: 32 concurrent requests of mixed lengths each give what they g
   for (int k = 0; k < 32; ++k) {
     const std::vector<TokenId>& base = prompts[k % prompts.size()].prompt;
     std::vector<TokenId> prompt;
-    for (int rep = 0; rep <= k % 4 && prompt.size() + base.size() <= 160; ++rep) {
-      prompt.insert(prompt.end(), base.begin(), base.end());  // 1 to 4 copies: lengths from 1 to 160
-    }
+    for (int rep = 0; rep <= k % 4; ++rep) prompt.insert(prompt.end(), base.begin(), base.end());  // 1 to 4 copies
+    prompt.resize(std::min<size_t>(prompt.size(), 160));  // lengths from 1 to 160
     const int n = 4 + (k * 7) % 29;
     expected.push_back(reference_greedy(prompt, n));
     sinks.push_back(std::make_shared<Collector>());
