@@ -1,5 +1,6 @@
 // kernels_avx2.cpp: AVX2 + FMA versions of the dot products and the activation quantiser.
 // Each function carries its target attribute, so this file builds without -mavx2 and only runs after a CPU check.
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -255,13 +256,24 @@ const Kernels* avx2_exact_kernels() {
   return avx2_kernels() ? &k : nullptr;
 }
 
+// AVX2, FMA and F16C, read from CPUID (clang 14's __builtin_cpu_supports does not know "f16c"), and the OS saving
+// the AVX registers (OSXSAVE, XCR0 bits 1 and 2).
+static bool cpu_has_avx2_fma_f16c() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool fma = c & bit_FMA, f16c = c & bit_F16C, osxsave = c & bit_OSXSAVE;
+  if (!fma || !f16c || !osxsave) return false;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 6) != 6) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return b & bit_AVX2;
+}
+
 const Kernels* avx2_kernels() {
   static const Kernels k{"avx2", quantize_q8, dot};
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c")) {
-    return nullptr;
-  }
-  return &k;
+  static const bool ok = cpu_has_avx2_fma_f16c();
+  return ok ? &k : nullptr;
 }
 
 }  // namespace troupe
