@@ -1,6 +1,7 @@
 // commands.hpp: the troupe subcommands. main.cpp parses the command line into these option structs.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,5 +43,18 @@ struct BatchOptions {
 // `troupe batch`: every line of the input through the Engine, results as each finishes. 0 when every line was
 // answered (a line's error is an answer), 1 on a fatal error, 130 when interrupted.
 int run_batch(BatchOptions options);
+
+struct ServeOptions {
+  std::map<std::string, std::string> flags;  // server setting (config key) -> value, only those given as flags
+  std::vector<std::string> cors_origins;     // --cors-origin, repeatable
+  PlanOptions plan;
+  bool verbose = false;
+};
+
+// Adds serve's flags (docs/http-contract.md) and the plan flags; parsed values land in `options`.
+void add_serve_options(CLI::App& app, ServeOptions& options);
+
+// `troupe serve`: the OpenAI-compatible HTTP server. 0 after SIGINT/SIGTERM, 1 when it cannot start.
+int run_serve(ServeOptions options);
 
 }  // namespace troupe::cli

@@ -2,6 +2,7 @@
 //   troupe inspect MODEL
 //   troupe generate [--model M] (--prompt P | --chat P) [-n N] [sampling flags]
 //   troupe batch [--model M] --in PROMPTS.jsonl --out RESULTS.jsonl [plan flags] [sampling flags]
+//   troupe serve [--model M] [--host H] [--port P] [--api-key KEY] [server flags] [plan flags]
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -88,6 +89,10 @@ int main(int argc, char** argv) {
   add_plan_options(*batch, b.plan);
   batch->add_flag("-v,--verbose", b.verbose, "debug logging to stderr");
 
+  ServeOptions serve_options;
+  auto* serve = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
+  add_serve_options(*serve, serve_options);
+
   // Logs go to stderr: stdout carries generated text.
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
 
@@ -101,5 +106,6 @@ int main(int argc, char** argv) {
     b.params.sampling.seed = seed_or_random(batch_seed);
     return run_batch(std::move(b));
   }
+  if (*serve) return run_serve(std::move(serve_options));
   return 0;
 }
