@@ -1,0 +1,395 @@
+// The OpenAI JSON layer (http/openai.hpp): every field's type and range refused with a 400 naming the field, strict
+// JSON (depth, NaN, UTF-8, surrogates), the mapping onto GenerateParams, and the shapes of responses, chunks and
+// errors. No model or server: plain strings in, plain structs and strings out.
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "openai.hpp"
+
+using namespace troupe;
+using namespace troupe::http;
+using json = nlohmann::json;
+
+namespace {
+
+const RequestLimits kLimits{8, 20, 49152};
+
+std::string chat_with(const std::string& fields) {
+  return R"({"messages": [{"role": "user", "content": "hi"}])" + (fields.empty() ? "" : ", " + fields) + "}";
+}
+
+// The ApiError of a body that must be refused (fails the test when it is accepted).
+ApiError chat_error(const std::string& body) {
+  auto r = parse_chat_request(body, kLimits);
+  REQUIRE_MESSAGE(!r, "accepted: " << body);
+  return r.error();
+}
+
+ApiError completion_error(const std::string& body) {
+  auto r = parse_completion_request(body, kLimits);
+  REQUIRE_MESSAGE(!r, "accepted: " << body);
+  return r.error();
+}
+
+}  // namespace
+
+TEST_CASE("openai: a full chat request maps onto the engine's parameters") {
+  auto r = parse_chat_request(R"({
+    "model": "m", "messages": [{"role": "system", "content": "be brief"},
+                               {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+    "max_tokens": 12, "temperature": 0.5, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "presence_penalty": 1,
+    "frequency_penalty": -1, "repetition_penalty": 1.1, "seed": 7, "stop": "\n", "n": 2, "logprobs": true,
+    "top_logprobs": 3, "logit_bias": {"5": -100, "17": 2.5}, "stream": true, "stream_options": {"include_usage": true},
+    "user": "u"})",
+                              kLimits);
+  REQUIRE(r);
+  CHECK(r->endpoint == Endpoint::chat);
+  CHECK(*r->model == "m");
+  REQUIRE(r->messages.size() == 2);
+  CHECK(r->messages[0].role == "system");
+  CHECK(r->messages[1].content == "ab");
+  CHECK(*r->max_tokens == 12);
+  CHECK(r->max_tokens_param == "max_tokens");
+  const SamplingParams& s = r->params.sampling;
+  CHECK(s.temperature == doctest::Approx(0.5));
+  CHECK(s.top_p == doctest::Approx(0.9));
+  CHECK(s.top_k == 40);
+  CHECK(s.min_p == doctest::Approx(0.05));
+  CHECK(s.presence_penalty == doctest::Approx(1));
+  CHECK(s.frequency_penalty == doctest::Approx(-1));
+  CHECK(s.repetition_penalty == doctest::Approx(1.1));
+  CHECK(*r->seed == 7);
+  CHECK(r->params.stop == std::vector<std::string>{"\n"});
+  CHECK(r->n == 2);
+  CHECK(r->logprobs == 3);
+  auto bias = s.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  CHECK(bias == std::vector<std::pair<TokenId, float>>{{5, -100.0f}, {17, 2.5f}});
+  CHECK(r->stream);
+  CHECK(r->include_usage);
+}
+
+TEST_CASE("openai: defaults, null fields and max_completion_tokens") {
+  auto r = parse_chat_request(chat_with(R"("temperature": null, "stop": null, "max_completion_tokens": 5, "logprobs": false, "top_logprobs": 2)"), kLimits);
+  REQUIRE(r);
+  CHECK(!r->model);
+  CHECK(r->params.sampling.temperature == 1.0f);
+  CHECK(r->params.sampling.top_p == 1.0f);
+  CHECK(*r->max_tokens == 5);
+  CHECK(r->max_tokens_param == "max_completion_tokens");
+  CHECK(r->n == 1);
+  CHECK(r->logprobs == -1);  // top_logprobs without logprobs: none
+  CHECK(!r->stream);
+  auto plain = parse_chat_request(chat_with(""), kLimits);
+  REQUIRE(plain);
+  CHECK(!plain->max_tokens);  // the rest of the context, decided once the prompt is tokenized
+  CHECK(!plain->seed);
+}
+
+TEST_CASE("openai: every type and range error is a 400 naming its field") {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"("max_tokens": "ten")", "max_tokens"},
+      {R"("max_tokens": -5)", "max_tokens"},
+      {R"("max_tokens": 0)", "max_tokens"},
+      {R"("max_tokens": 1.5)", "max_tokens"},
+      {R"("max_tokens": 99999999999999999999999)", "max_tokens"},
+      {R"("max_tokens": 18446744073709551615)", "max_tokens"},
+      {R"("max_completion_tokens": "x")", "max_completion_tokens"},
+      {R"("temperature": 2.5)", "temperature"},
+      {R"("temperature": -0.1)", "temperature"},
+      {R"("temperature": "hot")", "temperature"},
+      {R"("temperature": 1e308)", "temperature"},
+      {R"("top_p": 0)", "top_p"},
+      {R"("top_p": 1.5)", "top_p"},
+      {R"("top_k": -1)", "top_k"},
+      {R"("top_k": 1e20)", "top_k"},
+      {R"("min_p": 1.5)", "min_p"},
+      {R"("presence_penalty": 3)", "presence_penalty"},
+      {R"("frequency_penalty": -2.5)", "frequency_penalty"},
+      {R"("repetition_penalty": 0)", "repetition_penalty"},
+      {R"("repetition_penalty": 11)", "repetition_penalty"},
+      {R"("seed": "x")", "seed"},
+      {R"("seed": 1.5)", "seed"},
+      {R"("seed": 18446744073709551616)", "seed"},
+      {R"("stop": ["a", "b", "c", "d", "e"])", "stop"},
+      {R"("stop": 7)", "stop"},
+      {R"("stop": [7])", "stop"},
+      {R"("stop": "")", "stop"},
+      {R"("n": 9)", "n"},
+      {R"("n": 0)", "n"},
+      {R"("n": 1.5)", "n"},
+      {R"("n": 4294967297)", "n"},
+      {R"("logprobs": 1)", "logprobs"},
+      {R"("logprobs": true, "top_logprobs": 21)", "top_logprobs"},
+      {R"("top_logprobs": -1)", "top_logprobs"},
+      {R"("logit_bias": {"49152": 1})", "logit_bias"},
+      {R"("logit_bias": {"5": 101})", "logit_bias"},
+      {R"("logit_bias": {"five": 1})", "logit_bias"},
+      {R"("logit_bias": {"-1": 1})", "logit_bias"},
+      {R"("logit_bias": {"99999999999999999999": 1})", "logit_bias"},
+      {R"("logit_bias": {"5": "x"})", "logit_bias"},
+      {R"("logit_bias": [1])", "logit_bias"},
+      {R"("stream": "yes")", "stream"},
+      {R"("stream_options": 1)", "stream_options"},
+      {R"("stream_options": {"include_usage": "yes"})", "stream_options"},
+      {R"("model": 5)", "model"},
+      {R"("user": 5)", "user"},
+  };
+  for (const auto& [fields, param] : cases) {
+    CAPTURE(fields);
+    const ApiError e = chat_error(chat_with(fields));
+    CHECK(e.status == 400);
+    CHECK(e.type == "invalid_request_error");
+    CHECK(e.param == param);
+    CHECK(!e.message.empty());
+  }
+  const std::string long_stop = R"("stop": ")" + std::string(257, 'x') + "\"";
+  CHECK(chat_error(chat_with(long_stop)).param == "stop");
+  CHECK(parse_chat_request(chat_with(R"("stop": ")" + std::string(256, 'x') + "\""), kLimits));
+}
+
+TEST_CASE("openai: the limits from the command line bound n and top_logprobs") {
+  const RequestLimits tight{2, 5, 100};
+  CHECK(!parse_chat_request(chat_with(R"("n": 3)"), tight));
+  CHECK(parse_chat_request(chat_with(R"("n": 2)"), tight));
+  CHECK(!parse_chat_request(chat_with(R"("logprobs": true, "top_logprobs": 6)"), tight));
+  CHECK(!parse_chat_request(chat_with(R"("logit_bias": {"100": 1})"), tight));
+  CHECK(parse_chat_request(chat_with(R"("logit_bias": {"99": 1})"), tight));
+}
+
+TEST_CASE("openai: chat messages: roles, content shapes, and the field named in the error") {
+  CHECK(chat_error(R"({"max_tokens": 4})").param == "messages");
+  CHECK(chat_error(R"({"messages": "hi"})").param == "messages");
+  CHECK(chat_error(R"({"messages": []})").param == "messages");
+  CHECK(chat_error(R"({"messages": [5]})").param == "messages[0]");
+  CHECK(chat_error(R"({"messages": [{"role": "robot", "content": "hi"}]})").param == "messages[0].role");
+  CHECK(chat_error(R"({"messages": [{"content": "hi"}]})").param == "messages[0].role");
+  CHECK(chat_error(R"({"messages": [{"role": "user"}]})").param == "messages[0].content");
+  CHECK(chat_error(R"({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": 5}]})").param ==
+        "messages[1].content");
+  CHECK(chat_error(R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})")
+            .param == "messages[0].content");
+  CHECK(parse_chat_request(R"({"messages": [{"role": "assistant", "content": ""}, {"role": "user", "content": []}]})",
+                           kLimits));
+}
+
+TEST_CASE("openai: strict JSON: malformed, not an object, NaN, Infinity, trailing text") {
+  for (const char* body : {"", "{", R"({"messages": [{"role": "user", "content": "hi"}])", "nul", "{} x", "{,}",
+                           "{'messages': []}", "null", "[]", "\"text\"", "42", "{\"a\": NaN}", "{\"a\": Infinity}",
+                           "{\"a\": -Infinity}", "{\"a\": nan}", "{\"a\": 1,}"}) {
+    CAPTURE(body);
+    const ApiError e = chat_error(body);
+    CHECK(e.status == 400);
+    CHECK(e.type == "invalid_request_error");
+    CHECK(e.param.empty());
+  }
+  // nlohmann's own message quotes the bytes it read last: the request's text is not echoed back
+  const ApiError e = chat_error(R"({"messages": [{"role": "user", "content": "zebra-4711"}], "x": zebra})");
+  CHECK(e.message.find("zebra") == std::string::npos);
+  CHECK(e.message.find("last read") == std::string::npos);
+}
+
+TEST_CASE("openai: nesting deeper than 64 levels is refused without recursion") {
+  auto nested = [](int depth) {
+    std::string s = R"({"messages": [{"role": "user", "content": "hi"}], "user": )";
+    // the body object is level 1, so depth - 1 more levels
+    for (int i = 1; i < depth; ++i) s += "[";
+    for (int i = 1; i < depth; ++i) s += "]";
+    return s + "}";
+  };
+  CHECK(chat_error(nested(64)).param == "user");  // parsed (64 deep): refused only because "user" is not a string
+  CHECK(chat_error(nested(65)).param.empty());    // refused as JSON
+  CHECK(chat_error(std::string(400000, '[') + std::string(400000, ']')).status == 400);
+  CHECK(chat_error(std::string(500000, '[')).status == 400);
+}
+
+TEST_CASE("openai: invalid UTF-8 and lone surrogate escapes are refused; a surrogate pair is accepted") {
+  for (const std::string bad : {"\xff", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82", "\x80", "\xf8\x88"}) {
+    CAPTURE(bad);
+    CHECK(chat_error(R"({"messages": [{"role": "user", "content": "x)" + bad + R"("}]})").status == 400);
+    CHECK(!parse_tokenize_request(R"({"prompt": ")" + bad + "\"}"));
+  }
+  CHECK(chat_error("{\"mess\xff" R"(ages": [{"role": "user", "content": "hi"}]})").status == 400);
+  for (const char* esc : {R"(\ud800)", R"(\udc00)", R"(\ud800x)", R"(\ud800\u0041)", R"(\udfff\ud800)", R"(\ud83d)"}) {
+    CAPTURE(esc);
+    CHECK(chat_error(R"({"messages": [{"role": "user", "content": "a)" + std::string(esc) + R"("}]})").status == 400);
+  }
+  auto ok = parse_tokenize_request(R"({"prompt": "\ud83d\ude00 ok"})");
+  REQUIRE(ok);
+  CHECK(ok->text == "\xf0\x9f\x98\x80 ok");
+}
+
+TEST_CASE("openai: a number too large for a double is refused by the field it is in") {
+  CHECK(chat_error(chat_with(R"("max_tokens": 1e400)")).param == "max_tokens");
+  CHECK(chat_error(chat_with(R"("temperature": -1e400)")).param == "temperature");
+  CHECK(chat_error(chat_with(R"("logit_bias": {"5": 1e400})")).param == "logit_bias");
+  CHECK(completion_error(R"({"prompt": [1e400], "max_tokens": 1})").param == "prompt");
+  auto d = parse_detokenize_request(R"({"tokens": [1, 1E+999]})", kLimits);
+  REQUIRE(!d);
+  CHECK(d.error().param == "tokens");
+  CHECK(chat_error(chat_with(R"("top_p": 1e-400)")).param == "top_p");  // underflows to 0: out of (0, 1]
+}
+
+TEST_CASE("openai: completion prompts: text, texts, ids, arrays of ids") {
+  auto one = parse_completion_request(R"({"prompt": "Once", "logprobs": 2, "echo": false})", kLimits);
+  REQUIRE(one);
+  CHECK(one->endpoint == Endpoint::completions);
+  REQUIRE(one->prompts.size() == 1);
+  CHECK(one->prompts[0].is_text);
+  CHECK(one->prompts[0].text == "Once");
+  CHECK(one->logprobs == 2);
+  auto texts = parse_completion_request(R"({"prompt": ["a", "b"], "n": 3})", kLimits);
+  REQUIRE(texts);
+  CHECK(texts->prompts.size() == 2);
+  CHECK(texts->n == 3);
+  auto ids = parse_completion_request(R"({"prompt": [1, 2, 49151]})", kLimits);
+  REQUIRE(ids);
+  REQUIRE(ids->prompts.size() == 1);
+  CHECK(!ids->prompts[0].is_text);
+  CHECK(ids->prompts[0].ids == std::vector<TokenId>{1, 2, 49151});
+  auto arrays = parse_completion_request(R"({"prompt": [[1, 2], [3]]})", kLimits);
+  REQUIRE(arrays);
+  REQUIRE(arrays->prompts.size() == 2);
+  CHECK(arrays->prompts[1].ids == std::vector<TokenId>{3});
+  CHECK(parse_completion_request(R"({"prompt": "x", "logprobs": 0})", kLimits)->logprobs == 0);
+  CHECK(parse_completion_request(R"({"prompt": "x"})", kLimits)->logprobs == -1);
+
+  for (const char* body : {R"({"max_tokens": 4})", R"({"prompt": 5})", R"({"prompt": []})", R"({"prompt": [1, "a"]})",
+                           R"({"prompt": [[1, 2], "a"]})", R"({"prompt": [[]]})", R"({"prompt": [-1]})",
+                           R"({"prompt": [49152]})", R"({"prompt": [4294967297]})", R"({"prompt": [1.5]})",
+                           R"({"prompt": {"a": 1}})", R"({"prompt": [[1], [-2]]})"}) {
+    CAPTURE(body);
+    CHECK(completion_error(body).param == "prompt");
+  }
+  CHECK(completion_error(R"({"prompt": "hi", "echo": true})").param == "echo");
+  CHECK(completion_error(R"({"prompt": "hi", "logprobs": 21})").param == "logprobs");
+  CHECK(completion_error(R"({"prompt": "hi", "logprobs": true})").param == "logprobs");
+}
+
+TEST_CASE("openai: /tokenize and /detokenize bodies") {
+  auto t = parse_tokenize_request(R"({"content": "hello", "add_special_tokens": false})");
+  REQUIRE(t);
+  CHECK(t->text == "hello");
+  CHECK(!t->add_special_tokens);
+  CHECK(parse_tokenize_request(R"({"prompt": "x"})")->add_special_tokens);
+  CHECK(parse_tokenize_request(R"({"prompt": 5})").error().param == "prompt");
+  CHECK(parse_tokenize_request(R"({})").error().param == "prompt");
+  CHECK(parse_tokenize_request(R"({"prompt": "x", "add_special_tokens": 1})").error().param == "add_special_tokens");
+  auto d = parse_detokenize_request(R"({"tokens": [0, 49151]})", kLimits);
+  REQUIRE(d);
+  CHECK(*d == std::vector<TokenId>{0, 49151});
+  for (const char* body : {R"({"tokens": "abc"})", R"({"tokens": [999999]})", R"({"tokens": [-1]})", R"({})",
+                           R"({"tokens": [1.5]})"}) {
+    CAPTURE(body);
+    auto e = parse_detokenize_request(body, kLimits);
+    REQUIRE(!e);
+    CHECK(e.error().param == "tokens");
+  }
+}
+
+TEST_CASE("openai: chat chunks: the role first, content deltas, finish_reason last") {
+  const ResponseMeta meta{Endpoint::chat, "chatcmpl-1", 1700000000, "m"};
+  ChoiceOut first;
+  first.role = true;
+  json j = json::parse(format_chunk(meta, first));
+  CHECK(j["id"] == "chatcmpl-1");
+  CHECK(j["object"] == "chat.completion.chunk");
+  CHECK(j["created"] == 1700000000);
+  CHECK(j["model"] == "m");
+  CHECK(j["choices"][0]["index"] == 0);
+  CHECK(j["choices"][0]["delta"] == json{{"role", "assistant"}, {"content", ""}});
+  CHECK(j["choices"][0]["logprobs"].is_null());
+  CHECK(j["choices"][0]["finish_reason"].is_null());
+  CHECK(!j.contains("usage"));
+
+  ChoiceOut piece;
+  piece.index = 1;
+  piece.text = "Par";
+  j = json::parse(format_chunk(meta, piece));
+  CHECK(j["choices"][0]["index"] == 1);
+  CHECK(j["choices"][0]["delta"] == json{{"content", "Par"}});
+
+  ChoiceOut last;
+  last.finish = FinishReason::length;
+  j = json::parse(format_chunk(meta, last));
+  CHECK(j["choices"][0]["delta"] == json::object());
+  CHECK(j["choices"][0]["finish_reason"] == "length");
+
+  j = json::parse(format_usage_chunk(meta, {37, 8}));
+  CHECK(j["choices"] == json::array());
+  CHECK(j["usage"] == json{{"prompt_tokens", 37}, {"completion_tokens", 8}, {"total_tokens", 45}});
+  CHECK(format_chunk(meta, piece).find('\n') == std::string::npos);  // one SSE data line
+}
+
+TEST_CASE("openai: responses: chat and text completion shapes, with and without logprobs") {
+  ChoiceOut c;
+  c.text = "Paris.";
+  c.finish = FinishReason::stop;
+  c.with_logprobs = true;
+  c.logprobs.push_back({"Paris", -0.25f, {{"Paris", -0.25f}, {"Lyon", -2.0f}}, 0});
+  c.logprobs.push_back({"\xe4", -std::numeric_limits<float>::infinity(), {}, 5});  // part of a character, and a token with no mass
+  json j = json::parse(format_response({Endpoint::chat, "chatcmpl-x", 1, "m"}, {c}, {10, 2}));
+  CHECK(j["object"] == "chat.completion");
+  CHECK(j["choices"][0]["message"] == json{{"role", "assistant"}, {"content", "Paris."}});
+  CHECK(j["choices"][0]["finish_reason"] == "stop");
+  CHECK(j["usage"]["total_tokens"] == 12);
+  const json& lp = j["choices"][0]["logprobs"]["content"];
+  REQUIRE(lp.size() == 2);
+  CHECK(lp[0]["token"] == "Paris");
+  CHECK(lp[0]["logprob"].get<double>() == doctest::Approx(-0.25));
+  CHECK(lp[0]["bytes"] == json{80, 97, 114, 105, 115});
+  CHECK(lp[0]["top_logprobs"][1]["token"] == "Lyon");
+  CHECK(lp[1]["token"] == "\xef\xbf\xbd");  // U+FFFD for the half character
+  CHECK(lp[1]["bytes"] == json{0xe4});
+  CHECK(lp[1]["logprob"].get<double>() < -1000);
+
+  j = json::parse(format_response({Endpoint::completions, "cmpl-x", 1, "m"}, {c}, {10, 2}));
+  CHECK(j["object"] == "text_completion");
+  CHECK(j["choices"][0]["text"] == "Paris.");
+  CHECK(!j["choices"][0].contains("message"));
+  const json& legacy = j["choices"][0]["logprobs"];
+  CHECK(legacy["tokens"][0] == "Paris");
+  CHECK(legacy["token_logprobs"][0].get<double>() == doctest::Approx(-0.25));
+  CHECK(legacy["top_logprobs"][0]["Lyon"].get<double>() == doctest::Approx(-2.0));
+  CHECK(legacy["text_offset"] == json{0, 5});
+
+  c.with_logprobs = false;
+  j = json::parse(format_response({Endpoint::completions, "cmpl-x", 1, "m"}, {c}, {10, 2}));
+  CHECK(j["choices"][0]["logprobs"].is_null());
+}
+
+TEST_CASE("openai: error bodies and engine errors as HTTP statuses") {
+  json j = json::parse(format_error(bad_request("'n' must be ...", "n")));
+  CHECK(j == json{{"error", {{"message", "'n' must be ..."}, {"type", "invalid_request_error"}, {"param", "n"},
+                             {"code", nullptr}}}});
+  j = json::parse(format_error(bad_request("bad")));
+  CHECK(j["error"]["param"].is_null());
+
+  ApiError e = api_error({ErrorKind::overloaded, "queue full", 2.2});
+  CHECK(e.status == 429);
+  CHECK(e.type == "rate_limit_error");
+  CHECK(e.retry_after == 3);  // ceil
+  CHECK(api_error({ErrorKind::overloaded, "", 0.0}).retry_after == 1);
+  e = api_error({ErrorKind::unavailable, "a shard of this replica restarted"});
+  CHECK(e.status == 503);
+  CHECK(e.type == "service_unavailable");
+  CHECK(api_error({ErrorKind::invalid_argument, "the prompt is empty"}).status == 400);
+  e = api_error({ErrorKind::internal, "/home/x/secret.cpp:12 went wrong"});
+  CHECK(e.status == 500);
+  CHECK(e.type == "internal_error");
+  CHECK(e.message.find("secret") == std::string::npos);
+}
+
+TEST_CASE("openai: models, tokens, health bodies") {
+  json j = json::parse(format_models("m", 5));
+  CHECK(j == json{{"object", "list"}, {"data", {{{"id", "m"}, {"object", "model"}, {"created", 5}, {"owned_by", "troupe"}}}}});
+  j = json::parse(format_tokens({1, 2}, 8192));
+  CHECK(j == json{{"tokens", {1, 2}}, {"count", 2}, {"max_model_len", 8192}});
+  CHECK(json::parse(format_detokenized("a\xff"))["prompt"] == "a\xef\xbf\xbd");
+  CHECK(json::parse(format_health("loading")) == json{{"status", "loading"}});
+  CHECK(json::parse(format_health("degraded", "why")) == json{{"status", "degraded"}, {"detail", "why"}});
+}
