@@ -141,9 +141,13 @@ Server::~Server() { stop(); }
 Expected<std::unique_ptr<Server>> Server::start(const ServerOptions& options) {
   auto impl = std::make_unique<Impl>(options);
   beast::error_code ec;
-  const auto address = net::ip::make_address(options.host, ec);
-  if (ec) return Error{ErrorKind::invalid_argument, "--host '" + options.host + "' is not an IP address"};
-  const tcp::endpoint endpoint(address, static_cast<unsigned short>(options.port));
+  tcp::endpoint endpoint(net::ip::make_address(options.host, ec), static_cast<unsigned short>(options.port));
+  if (ec) {  // a name ("localhost"): its first address
+    tcp::resolver resolver(*impl->ioc);
+    auto found = resolver.resolve(options.host, std::to_string(options.port), ec);
+    if (ec || found.empty()) return Error{ErrorKind::invalid_argument, "--host '" + options.host + "': " + ec.message()};
+    endpoint = found.begin()->endpoint();
+  }
   impl->acceptor.emplace(net::make_strand(*impl->ioc));
   impl->retry_timer.emplace(impl->acceptor->get_executor());
   auto& a = *impl->acceptor;

@@ -301,6 +301,7 @@ void Session::start_generation(std::shared_ptr<Generation> generation) {
   pending_tokens_.assign(n, 0);
   out_tokens_.assign(n, 0);
   chunked_ = gen_->stream() && !http10_;
+  if (gen_->stream() && http10_) close_after_ = true;  // no chunked encoding: the end of the stream is the close
   backend_ = ctx_.state.backend.load();
   // Off the io threads: tokenizing can take a while, and submit waits for the scheduler's answer.
   net::post(ctx_.pool, [self = shared_from_this(), gen = gen_, serial = serial_, backend = backend_] {
