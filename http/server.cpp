@@ -32,6 +32,7 @@ namespace troupe::http {
 namespace {
 constexpr auto kDrainWait = std::chrono::seconds(5);
 constexpr int kBlockingThreads = 2;
+constexpr int kSendBuffer = 256 << 10;
 }  // namespace
 
 struct Server::Impl {
@@ -78,6 +79,9 @@ void Server::Impl::on_accept(beast::error_code ec, tcp::socket socket) {
   }
   beast::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);  // SSE pieces go out as they come
+  // A fixed kernel send buffer (no autotuning up to megabytes): a reader that stops reading blocks the writes soon,
+  // and engine credit pauses its request, instead of the kernel queueing megabytes for it.
+  socket.set_option(net::socket_base::send_buffer_size(kSendBuffer), ignored);
   auto session = std::make_shared<Session>(std::move(socket), ctx);
   {
     std::lock_guard lock(ctx.mutex);

@@ -393,3 +393,144 @@ TEST_CASE("openai: models, tokens, health bodies") {
   CHECK(json::parse(format_health("loading")) == json{{"status", "loading"}});
   CHECK(json::parse(format_health("degraded", "why")) == json{{"status", "degraded"}, {"detail", "why"}});
 }
+
+// ---- Generation: prompts to engine requests, events to chunks (the model's tokenizer; no engine) ----
+
+#include "generation.hpp"
+#include "gguf.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+// A backend with the default model's tokenizer and a context of `n_ctx`; chat prompts are the messages' contents
+// joined (the template itself is tested elsewhere).
+std::shared_ptr<Backend> test_backend(int n_ctx) {
+  auto file = GgufFile::open(test::model_path());
+  REQUIRE(file);
+  auto tok = Tokenizer::from_gguf(**file);
+  REQUIRE(tok);
+  auto b = std::make_shared<Backend>(*tok);
+  b->model_id = "m";
+  b->n_ctx = n_ctx;
+  b->encode_text = [t = *tok](const std::string& text) { return t.encode(text, true, true); };
+  b->encode_chat = [t = *tok](const std::vector<ChatMessage>& ms) -> Expected<std::vector<TokenId>> {
+    std::string text;
+    for (const auto& m : ms) text += m.content;
+    return t.encode(text, true, true);
+  };
+  return b;
+}
+
+CompletionRequest completion(const std::string& body) {
+  auto r = parse_completion_request(body, kLimits);
+  REQUIRE(r);
+  return *r;
+}
+
+}  // namespace
+
+TEST_CASE("openai: a generation makes one engine request per choice, seeds seed + k, the rest of the context") {
+  auto backend = test_backend(64);
+  ServerOptions options;
+  Generation g(completion(R"({"prompt": ["Once upon a time", "1, 2, 3"], "n": 2, "seed": 10, "stream": true,
+                              "logprobs": 3, "stop": ["."]})"),
+               *backend, options);
+  REQUIRE(!g.prepare());
+  auto& rs = g.requests();
+  REQUIRE(rs.size() == 4);
+  CHECK(g.n_choices() == 4);
+  CHECK(rs[0].prompt == rs[1].prompt);
+  CHECK(rs[0].prompt != rs[2].prompt);
+  CHECK(rs[0].params.sampling.seed == 10);
+  CHECK(rs[1].params.sampling.seed == 11);
+  CHECK(rs[2].params.sampling.seed == 10);
+  CHECK(rs[0].params.max_tokens == 64 - static_cast<int>(rs[0].prompt.size()));
+  CHECK(rs[0].credit == options.stream_credit);
+  CHECK(rs[0].logprobs == 3);
+  CHECK(rs[3].params.stop == std::vector<std::string>{"."});
+  CHECK(g.meta().id.rfind("cmpl-", 0) == 0);
+}
+
+TEST_CASE("openai: a prompt that does not fit the context is a 400 naming the field") {
+  auto backend = test_backend(8);
+  ServerOptions options;
+  Generation fits(completion(R"({"prompt": "Hi", "max_tokens": 2})"), *backend, options);
+  CHECK(!fits.prepare());
+  CHECK(fits.requests()[0].credit == Request{}.credit);  // not streamed: never paused
+  Generation over(completion(R"({"prompt": "Hi", "max_tokens": 9})"), *backend, options);
+  auto e = over.prepare();
+  REQUIRE(e);
+  CHECK(e->status == 400);
+  CHECK(e->param == "max_tokens");
+  Generation full(completion(R"({"prompt": "one two three four five six seven eight nine ten"})"), *backend, options);
+  e = full.prepare();
+  REQUIRE(e);
+  CHECK(e->param == "prompt");
+  auto chat = parse_chat_request(R"({"messages": [{"role": "user", "content": "one two three four five six seven eight"}],
+                                     "max_completion_tokens": 1})", kLimits);
+  REQUIRE(chat);
+  Generation c(*chat, *backend, options);
+  e = c.prepare();
+  REQUIRE(e);
+  CHECK(e->param == "messages");
+  Generation empty(completion(R"({"prompt": ""})"), *backend, options);
+  e = empty.prepare();
+  REQUIRE(e);
+  CHECK(e->param == "prompt");
+}
+
+TEST_CASE("openai: a streamed chat: role chunks, deltas, the held-back text with finish_reason, usage, [DONE]") {
+  auto backend = test_backend(8192);
+  ServerOptions options;
+  auto req = parse_chat_request(chat_with(R"("n": 2, "stream": true, "stream_options": {"include_usage": true})"), kLimits);
+  REQUIRE(req);
+  Generation g(*req, *backend, options);
+  REQUIRE(!g.prepare());
+  const std::string start = g.stream_start();
+  CHECK(start.rfind("data: {", 0) == 0);
+  CHECK(start.find(R"("delta":{"role":"assistant","content":""})") != std::string::npos);
+  CHECK(start.find(R"("index":1)") != std::string::npos);
+  TokenEvent t;
+  t.token = 42;
+  t.text = "Par";
+  const std::string piece = g.on_token(0, t);
+  CHECK(piece.find(R"("delta":{"content":"Par"})") != std::string::npos);
+  CHECK(piece.substr(piece.size() - 2) == "\n\n");
+  t.text.clear();
+  CHECK(g.on_token(0, t).empty());  // nothing to say: no chunk
+  FinishEvent f{FinishReason::stop, 5, 3, "is", 0.0};
+  const std::string end0 = g.on_finished(0, f);
+  CHECK(end0.find(R"("delta":{"content":"is"},"logprobs":null,"finish_reason":"stop")") != std::string::npos);
+  CHECK(!g.finished());
+  CHECK(g.on_finished(0, f).empty());  // a second finish for a choice is ignored
+  g.on_finished(1, {FinishReason::length, 5, 4, "", 0.0});
+  CHECK(g.finished());
+  const std::string tail = g.stream_end();
+  CHECK(tail.find(R"("choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12})") !=
+        std::string::npos);
+  CHECK(tail.substr(tail.size() - 14) == "data: [DONE]\n\n");
+}
+
+TEST_CASE("openai: a gathered completion with logprobs: text, entries with offsets, usage") {
+  auto backend = test_backend(8192);
+  ServerOptions options;
+  Generation g(completion(R"({"prompt": "Hi", "logprobs": 1})"), *backend, options);
+  REQUIRE(!g.prepare());
+  const TokenId hello = backend->tokenizer.encode("Hello", false, false).at(0);
+  TokenEvent t;
+  t.token = hello;
+  t.text = backend->tokenizer.token_to_piece(hello);
+  t.logprob = -0.5f;
+  t.top = {{hello, -0.5f}};
+  CHECK(g.on_token(0, t).empty());
+  CHECK(g.on_token(0, t).empty());
+  g.on_finished(0, {FinishReason::length, 1, 2, "", 0.0});
+  json j = json::parse(g.response_body());
+  CHECK(j["object"] == "text_completion");
+  CHECK(j["choices"][0]["text"] == t.text + t.text);
+  CHECK(j["choices"][0]["finish_reason"] == "length");
+  CHECK(j["choices"][0]["logprobs"]["tokens"] == json{t.text, t.text});
+  CHECK(j["choices"][0]["logprobs"]["text_offset"] == json{0, t.text.size()});
+  CHECK(j["choices"][0]["logprobs"]["top_logprobs"][0][t.text].get<double>() == doctest::Approx(-0.5));
+  CHECK(j["usage"] == json{{"prompt_tokens", 1}, {"completion_tokens", 2}, {"total_tokens", 3}});
+}
