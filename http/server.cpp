@@ -37,7 +37,7 @@ constexpr int kSendBuffer = 256 << 10;
 
 struct Server::Impl {
   explicit Impl(const ServerOptions& options)
-      : state(options), pool(kBlockingThreads), gate(std::make_shared<Gate>()), ctx{state, pool, gate},
+      : state(options), pool(kBlockingThreads), gate(std::make_shared<Gate>()), ctx(state, pool, gate),
         ioc(std::make_unique<net::io_context>(std::max(1, options.io_threads))),
         work(net::make_work_guard(*ioc)) {}
 

@@ -42,6 +42,8 @@ class Session;
 
 // What the server gives every session. Owned by the server, outlives every session.
 struct SessionContext {
+  SessionContext(ServerState& s, net::thread_pool& p, std::shared_ptr<Gate> g) : state(s), pool(p), gate(std::move(g)) {}
+
   ServerState& state;
   net::thread_pool& pool;             // blocking work: engine submit and stats, tokenizing
   std::shared_ptr<Gate> gate;         // engine threads -> Asio
