@@ -35,7 +35,9 @@ no_eog=$(python3 -c 'import json; print(json.dumps({str(i): -100 for i in range(
 start() {
   local name=$1 line="" code
   shift
-  "$troupe" serve --host 127.0.0.1 --port 0 --model "$model" "$@" >"$name.out" 2>"$name.log" &
+  local base=(--host 127.0.0.1 --port 0 --model "$model")
+  [ -n "${no_base_flags:-}" ] && base=()  # everything from the environment and the config file
+  "$troupe" serve "${base[@]}" "$@" >"$name.out" 2>"$name.log" &
   pid=$!
   pids+=("$pid")
   for _ in $(seq 600); do
@@ -53,7 +55,11 @@ start() {
   for _ in $(seq 600); do
     code=$(curl -s -o "$name.health" -w '%{http_code}' "$url/health")
     [ "$code" = 200 ] && return 0
-    [ "$code" = 503 ] && cp "$name.health" "$name.loading"
+    if [ "$code" = 503 ] && [ ! -f "$name.loading" ]; then
+      cp "$name.health" "$name.loading"
+      curl -s -o "$name.loading_post" -w '%{http_code}' -H 'Content-Type: application/json' \
+        --data-binary '{"prompt": "hi", "max_tokens": 1}' "$url/v1/completions" >"$name.loading_code"
+    fi
     sleep 0.05
   done
   echo "FAIL: server $name never answered /health 200"
@@ -110,6 +116,12 @@ start a || { echo "$passes passed, $failures failed"; exit 1; }
 if [ -f a.loading ]; then
   code=503 && cp a.loading body.json
   check "/health while loading is not 503 {\"status\":\"loading\"}: $(cat a.loading)" j '.status == "loading"'
+  code=$(cat a.loading_code) && cp a.loading_post body.json
+  if [ "$code" = 503 ]; then
+    check "a completion while loading" is_error 503 service_unavailable
+  else
+    echo "note: the model finished loading before the completion sent while loading arrived ($code)"
+  fi
 else
   echo "note: /health was 200 at the first poll; the loading state (503) was not observable"
 fi
@@ -471,6 +483,26 @@ check "a fault after the headers: an error event, then close, no [DONE]: $(tail 
     has("type") and has("param") and has("code"))' fault.sse
 check "the fault's error event names a path" eval '! grep -qF "$src" fault.sse'
 stop
+
+# ==== server e: settings from a config file's "server" object under TROUPE_* (no flags) ====
+echo '{"server": {"port": 1, "host": "localhost", "api_key": "cfg-key", "served_model_name": "from-config",
+  "max_top_logprobs": 5}}' >cfg.json
+no_base_flags=1 TROUPE_MODEL=$model TROUPE_HOST=127.0.0.1 TROUPE_PORT=0 start e --config cfg.json ||
+  { echo "$passes passed, $failures failed"; exit 1; }
+check "TROUPE_HOST and TROUPE_PORT 0 did not win over the config file: $url" eval '[[ $url =~ ^http://127\.0\.0\.1:[0-9]+$ && $url != *:1 ]]'
+req GET /v1/models
+check "the config file's api_key" is_error 401 authentication_error
+req GET /v1/models -H 'Authorization: Bearer cfg-key'
+check "the config file's key and served name (model from TROUPE_MODEL): $code $(cat body.json)" j '.data[0].id == "from-config"'
+post /v1/chat/completions "$(chat '"max_tokens": 2, "logprobs": true, "top_logprobs": 6')" -H 'Authorization: Bearer cfg-key'
+check "top_logprobs 6 over the config file's max_top_logprobs 5" is_error 400 invalid_request_error top_logprobs
+post /v1/chat/completions "$(chat '"max_tokens": 2, "logprobs": true, "top_logprobs": 5')" -H 'Authorization: Bearer cfg-key'
+check "top_logprobs 5 within the config file's limit: $code" test "$code" = 200
+stop
+
+# "No stack traces, host paths, API keys or other requests' text in any error or log line"
+check "a log line names a host path: $(grep -hF "$src/" ./*.log | head -2)" eval '! grep -qF "$src/" ./*.log'
+check "a log line shows a crash or a stack trace" eval '! grep -qiE "terminate called|segmentation|stack trace|backtrace" ./*.log'
 
 echo "http_curl: $((SECONDS - t_start)) s"
 echo "$passes passed, $failures failed"

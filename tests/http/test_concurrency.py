@@ -6,8 +6,12 @@
 2. 20 long streams whose clients vanish after 3 chunks, among 20 normal ones: the normal ones are still right, and
    once idle /metrics shows no request running or waiting and troupe_kv_blocks_used 0 (the vanished requests were
    cancelled, not run to their 2000 tokens).
+3. A client that stops reading: once the socket buffers are full its request is paused by engine credit (the tokens
+   made stop growing while it still runs), and cancelled when the client goes.
 """
+import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -122,6 +126,36 @@ with Server(binary, model) as s:
         path, body = request_for(1, stream=False)
         r = s.post(path, body)
         t.check(r.status == 200 and answer_of(1, r) == ref.get(1), f"a request afterwards: {r}")
+    with t.section("a reader that stops reading"):
+        # 8 choices with 20 top logprobs each make ~10 KB of SSE per step: the socket buffers fill in seconds, then
+        # engine credit must pause the request (the contract: never buffered without bound) long before its
+        # 8 x 1000 tokens are made
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((s.host, s.port))
+        body = json.dumps({"prompt": "Story:", "max_tokens": 1000, "n": 8, "logprobs": 20, "stream": True,
+                           "logit_bias": NO_EOG}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        start = s.metrics().get("troupe_generation_tokens_total", 0)
+        deadline = time.monotonic() + 60
+        last, still_since, m = None, time.monotonic(), {}
+        while time.monotonic() < deadline:
+            m = s.metrics()
+            made = m.get("troupe_generation_tokens_total", 0) - start
+            if made != last:
+                last, still_since = made, time.monotonic()
+            elif time.monotonic() - still_since > 2 and made > 0:
+                break
+            time.sleep(0.25)
+        t.check(0 < last < 8000 and m.get("troupe_requests_running", 0) > 0,
+                f"a stalled reader's request was not paused: {last} of 8000 tokens made, still growing "
+                f"{time.monotonic() - still_since < 2}, running {m.get('troupe_requests_running')}")
+        print(f"  a stalled reader: paused after {last:.0f} tokens")
+        sock.close()
+        m = s.wait_idle(timeout=10)
+        t.check(m.get("troupe_kv_blocks_used") == 0 and m.get("troupe_requests_running") == 0,
+                f"the stalled reader's request was not cancelled when it went: {m.get('troupe_kv_blocks_used')} blocks")
     t.check(s.stop() == 0, "SIGTERM did not exit 0")
 
 sys.exit(t.summary())

@@ -338,6 +338,11 @@ with t.section("SIGTERM while requests stream"), Server(binary, model) as s:
     for marker in ["terminate called", "Segmentation", "AddressSanitizer", "double free"]:
         t.check(marker not in log, f"the log while stopping shows {marker!r}")
     ended = [x for x in streams if not isinstance(x, Exception)]
+    for x in ended:  # each stream ends with [DONE] or the contract's in-stream error, framed exactly
+        err = x.chunks[-1].get("error") if x.chunks else None
+        t.check(x.status == 200 and x.problem is None and (x.done or (
+            isinstance(err, dict) and all(k in err for k in ("message", "type", "param", "code")))),
+            f"a stream cut by SIGTERM ended badly: {x.status} {x.problem} {x.raw[-200:]!r}")
     print(f"  streams at the stop: {sum(x.done for x in ended)} finished with [DONE], "
           f"{sum(bool(x.chunks and 'error' in x.chunks[-1]) for x in ended)} ended with an error event, "
           f"{8 - len(ended)} cut off; late requests: {sorted(set(map(str, late)))}")
