@@ -275,6 +275,19 @@ check "/metrics: idle, yet kv blocks used $(metric troupe_kv_blocks_used) of $(m
 # -- 400: malformed JSON and every field out of range, "param" naming the field --
 post /v1/chat/completions '{"messages": [{"role": "user", "content": "hi"}'
 check "malformed JSON" is_error 400 invalid_request_error
+# ... and the edges of every range are accepted
+edges=('"temperature": 2' '"temperature": 0' '"top_p": 1' '"top_k": 0' '"min_p": 0' '"min_p": 1'
+  '"presence_penalty": -2' '"presence_penalty": 2' '"frequency_penalty": -2' '"frequency_penalty": 2'
+  '"repetition_penalty": 10' '"stop": ["a", "b", "c", "d"]' "\"stop\": \"$(printf 'y%.0s' $(seq 256))\"" '"n": 8'
+  '"logprobs": true, "top_logprobs": 20' '"logit_bias": {"5": 100, "49151": -100}')
+refused=""
+for f in "${edges[@]}"; do
+  post /v1/chat/completions "$(chat "\"max_tokens\": 1, $f")"
+  [ "$code" = 200 ] || refused+=" {$(head -c 60 <<<"$f")...}: $code $(jv .error.message)"
+done
+post /v1/completions '{"prompt": "hi", "max_tokens": 1, "logprobs": 20}'
+[ "$code" = 200 ] || refused+=" {completions logprobs 20}: $code"
+check "values at the edges of their ranges were refused:$refused" test -z "$refused"
 bad_chat() {  # bad_chat PARAM FIELDS
   post /v1/chat/completions "$(chat "$2")"
   check "chat with $2: expected 400 naming $1" is_error 400 invalid_request_error "$1"
