@@ -300,6 +300,15 @@ def parse_metrics(text):
 
 # ---- the server process ----
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL when the test process dies (a ctest timeout leaves no server behind)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Server:
     def __init__(self, binary, model, args=(), env=None, host="127.0.0.1"):
         self.binary, self.model, self.args = binary, model, list(args)
@@ -320,7 +329,7 @@ class Server:
     def start(self, timeout=60.0):
         cmd = [self.binary, "serve", "--host", self.host, "--port", "0", "--model", self.model] + self.args
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=self.env, cwd=self._cwd)
+                                     env=self.env, cwd=self._cwd, preexec_fn=_die_with_parent)
         threading.Thread(target=self._drain, args=(self.proc.stderr, True), daemon=True).start()
         threading.Thread(target=self._drain, args=(self.proc.stdout, False), daemon=True).start()
         deadline = time.monotonic() + timeout
