@@ -249,7 +249,7 @@ int run_serve(ServeOptions o) {
   const http::ServerOptions& so = settings->server;
   spdlog::info("serve: model {}; io threads {}; API key {}; CORS origins {}; body <= {} bytes, headers <= {} bytes; "
                "idle timeout {} s, read timeout {} s; n <= {}, top_logprobs <= {}",
-               settings->model, so.io_threads, so.api_key.empty() ? "none" : "required", so.cors_origins.size(),
+               std::filesystem::path(settings->model).filename().string(), so.io_threads, so.api_key.empty() ? "none" : "required", so.cors_origins.size(),
                so.max_body_bytes, so.max_header_bytes, so.idle_timeout_s, so.read_timeout_s, so.max_n,
                so.max_top_logprobs);
   auto server = http::Server::start(so);
