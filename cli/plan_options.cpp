@@ -82,25 +82,11 @@ Expected<void> apply(Draft& d, const Setting& s, const std::string& value, const
   return {};
 }
 
-// The config file to read: --config, else $TROUPE_CONFIG, else the default file when it exists; "" for none.
-Expected<std::string> config_path(const PlanOptions& o) {
-  if (!o.config_path.empty()) return o.config_path;
-  if (const char* p = std::getenv("TROUPE_CONFIG"); p && *p) return std::string(p);
-  std::error_code ec;
-  return std::filesystem::exists(kDefaultConfig, ec) ? std::string(kDefaultConfig) : std::string();
-}
-
 // Applies the "engine" object of a JSON config file. Other top-level sections belong to other parts (http, ...).
 Expected<void> apply_config(Draft& d, const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return Error{ErrorKind::io, "cannot open the config file " + path};
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    return Error{ErrorKind::invalid_argument, path + ": not valid JSON: " + e.what()};
-  }
-  if (!doc.is_object()) return Error{ErrorKind::invalid_argument, path + ": expected a JSON object"};
+  auto parsed = read_config(path);
+  if (!parsed) return parsed.error();
+  const nlohmann::json& doc = *parsed;
   auto engine = doc.find("engine");
   if (engine == doc.end()) return {};
   if (!engine->is_object()) return Error{ErrorKind::invalid_argument, path + ": \"engine\" must be an object"};
@@ -125,6 +111,27 @@ Expected<void> apply_config(Draft& d, const std::string& path) {
 }
 
 }  // namespace
+
+// The config file to read: --config, else $TROUPE_CONFIG, else the default file when it exists; "" for none.
+Expected<std::string> config_path(const PlanOptions& o) {
+  if (!o.config_path.empty()) return o.config_path;
+  if (const char* p = std::getenv("TROUPE_CONFIG"); p && *p) return std::string(p);
+  std::error_code ec;
+  return std::filesystem::exists(kDefaultConfig, ec) ? std::string(kDefaultConfig) : std::string();
+}
+
+Expected<nlohmann::json> read_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Error{ErrorKind::io, "cannot open the config file " + path};
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    return Error{ErrorKind::invalid_argument, path + ": not valid JSON: " + e.what()};
+  }
+  if (!doc.is_object()) return Error{ErrorKind::invalid_argument, path + ": expected a JSON object"};
+  return doc;
+}
 
 void add_plan_options(CLI::App& app, PlanOptions& options) {
   app.add_option("--config", options.config_path,

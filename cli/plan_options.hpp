@@ -18,6 +18,8 @@
 #include "error.hpp"
 #include "model.hpp"
 
+#include <nlohmann/json.hpp>
+
 namespace CLI {
 class App;
 }
@@ -28,6 +30,11 @@ struct PlanOptions {
   std::string config_path;                   // --config; empty: $TROUPE_CONFIG, else config/troupe.json if present
   std::map<std::string, std::string> flags;  // config key -> value as given on the command line (only those given)
 };
+
+// The config file in effect: --config, else $TROUPE_CONFIG, else config/troupe.json when it exists; "" for none.
+Expected<std::string> config_path(const PlanOptions& options);
+// A config file parsed: a JSON object, or an error naming the file.
+Expected<nlohmann::json> read_config(const std::string& path);
 
 // Adds --config and the plan flags to a subcommand; parsed values land in `options`, which must outlive parsing.
 void add_plan_options(CLI::App& app, PlanOptions& options);

@@ -27,7 +27,6 @@ namespace troupe::cli {
 namespace {
 
 constexpr const char* kDefaultModel = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-constexpr const char* kDefaultConfig = "config/troupe.json";  // as plan_options.cpp
 
 int fail(const Error& e) {
   spdlog::error("{}", e.message);
@@ -100,22 +99,13 @@ Expected<void> apply(Settings& s, const Setting& setting, const std::string& val
 
 // The "server" object of the config file (the same file the plan comes from), if there is one.
 Expected<void> apply_config(Settings& s, const PlanOptions& plan) {
-  std::string path = plan.config_path;
-  if (path.empty()) {
-    if (const char* p = std::getenv("TROUPE_CONFIG"); p && *p) path = p;
-  }
-  std::error_code exists_ec;
-  if (path.empty() && std::filesystem::exists(kDefaultConfig, exists_ec)) path = kDefaultConfig;
+  auto found = config_path(plan);
+  if (!found) return found.error();
+  const std::string& path = *found;
   if (path.empty()) return {};
-  std::ifstream in(path);
-  if (!in) return Error{ErrorKind::io, "cannot open the config file " + path};
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    return Error{ErrorKind::invalid_argument, path + ": not valid JSON: " + e.what()};
-  }
-  if (!doc.is_object()) return Error{ErrorKind::invalid_argument, path + ": expected a JSON object"};
+  auto parsed = read_config(path);
+  if (!parsed) return parsed.error();
+  const nlohmann::json& doc = *parsed;
   auto server = doc.find("server");
   if (server == doc.end()) return {};
   if (!server->is_object()) return Error{ErrorKind::invalid_argument, path + ": \"server\" must be an object"};
