@@ -343,7 +343,7 @@ TEST_CASE("engine: log-probabilities are the model's log-softmax, with the most 
   }
 }
 
-TEST_CASE("engine: the TROUPE_FAULT switch kills a shard mid-run; its request fails, the next succeeds") {
+TEST_CASE("engine: the TROUPE_FAULT switch kills a shard mid-run: its request fails and the next succeeds") {
   setenv("TROUPE_FAULT", "0:0:0:3", 1);  // replica 0, stage 0, group 0, at the third step
   Plan plan;
   plan.tp = 3, plan.max_context = 256;

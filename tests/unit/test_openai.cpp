@@ -207,7 +207,7 @@ TEST_CASE("openai: nesting deeper than 64 levels is refused without recursion") 
   CHECK(chat_error(std::string(500000, '[')).status == 400);
 }
 
-TEST_CASE("openai: invalid UTF-8 and lone surrogate escapes are refused; a surrogate pair is accepted") {
+TEST_CASE("openai: invalid UTF-8 and lone surrogate escapes are refused but a surrogate pair is accepted") {
   for (const std::string bad : {"\xff", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82", "\x80", "\xf8\x88"}) {
     CAPTURE(bad);
     CHECK(chat_error(R"({"messages": [{"role": "user", "content": "x)" + bad + R"("}]})").status == 400);

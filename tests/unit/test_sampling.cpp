@@ -44,7 +44,7 @@ TEST_CASE("sampling: greedy takes the argmax, ties to the lowest id") {
   CHECK(s.sample(l.data(), {}) == 1);
 }
 
-TEST_CASE("sampling: the same seed gives the same tokens; another seed other tokens") {
+TEST_CASE("sampling: the same seed gives the same tokens and another seed other tokens") {
   std::vector<float> l(100);
   for (int i = 0; i < 100; ++i) l[i] = std::sin(i * 1.7f);
   auto run = [&](uint64_t seed) {

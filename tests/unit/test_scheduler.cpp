@@ -224,7 +224,7 @@ TEST_CASE("scheduler: decode entries come first, oldest first, and prefill chunk
   CHECK(s.stats().blocks_used == 0);
 }
 
-TEST_CASE("scheduler: add refuses past max_waiting and bad requests; admission stops at max_running") {
+TEST_CASE("scheduler: add refuses past max_waiting and bad requests and admission stops at max_running") {
   Scheduler s({.block_size = 4, .n_blocks = 8, .max_running = 2, .max_batched_tokens = 64, .max_waiting = 3,
                .max_context = 20});
   Runner r(s);
