@@ -21,23 +21,13 @@
 #include <nlohmann/json.hpp>
 
 #include "model.hpp"
+#include "real_model.hpp"
 #include "test_util.hpp"
 
 using namespace troupe;
 using json = nlohmann::json;
 
 namespace {
-
-std::shared_ptr<const Model> real_model() {
-  static std::shared_ptr<const Model> m = [] {
-    auto file = GgufFile::open(test::model_path());
-    REQUIRE_MESSAGE(file.has_value(), "default model missing: run scripts/fetch-model.sh");
-    auto model = Model::load(*file);
-    REQUIRE(model.has_value());
-    return *model;
-  }();
-  return m;
-}
 
 json golden(const std::string& name) {
   return json::parse(test::read_text(test::source_path("tests/golden/" + name)));
@@ -68,7 +58,7 @@ struct LogitsReport {
 // and still excuse a different top token (0: never).
 template <class Slack>
 LogitsReport check_logits(Precision precision, const std::string& file, Slack top1_slack) {
-  auto model = real_model();
+  auto model = test::real_model();
   Forward fw(model, 64, precision);
   const int n_vocab = model->config().n_vocab;
   const json g = golden(file);
@@ -106,7 +96,7 @@ struct GreedyReport {
 
 // 32-token greedy continuations. A divergence must come where the reference's own margin was below `max_ref_margin`.
 GreedyReport check_greedy(Precision precision, const std::string& file, double max_ref_margin) {
-  auto model = real_model();
+  auto model = test::real_model();
   Forward fw(model, 64, precision);
   const int n_vocab = model->config().n_vocab;
   const json g = golden(file);

@@ -6,27 +6,13 @@
 #include <vector>
 
 #include "model.hpp"
+#include "real_model.hpp"
 #include "test_util.hpp"
 
 using namespace troupe;
 
-namespace {
-
-std::shared_ptr<const Model> real_model() {
-  static std::shared_ptr<const Model> m = [] {
-    auto file = GgufFile::open(test::model_path());
-    REQUIRE_MESSAGE(file.has_value(), "default model missing: run scripts/fetch-model.sh");
-    auto model = Model::load(*file);
-    REQUIRE(model.has_value());
-    return *model;
-  }();
-  return m;
-}
-
-}  // namespace
-
 TEST_CASE("model: hyperparameters are the file's metadata") {
-  auto m = real_model();
+  auto m = test::real_model();
   const GgufFile& f = m->file();
   const ModelConfig& c = m->config();
   CHECK(c.n_layer == *f.get_int("llama.block_count"));
@@ -40,7 +26,7 @@ TEST_CASE("model: hyperparameters are the file's metadata") {
 }
 
 TEST_CASE("model: batch size does not change the logits") {
-  auto m = real_model();
+  auto m = test::real_model();
   const int n_vocab = m->config().n_vocab;
   const std::vector<TokenId> prompt{504, 3575, 282, 4649, 314, 28, 284, 3575, 282, 3565, 314};
   auto run_in_chunks = [&](int chunk) {
@@ -67,7 +53,7 @@ TEST_CASE("model: batch size does not change the logits") {
 }
 
 TEST_CASE("model: all_logits gives every position's logits, the last equal to the default") {
-  auto m = real_model();
+  auto m = test::real_model();
   const int n_vocab = m->config().n_vocab;
   const std::vector<TokenId> prompt{504, 3575, 282, 4649};
   Forward fw(m, 8);
@@ -85,7 +71,7 @@ TEST_CASE("model: all_logits gives every position's logits, the last equal to th
 }
 
 TEST_CASE("model: out-of-range tokens, positions and batches are errors, not crashes") {
-  auto m = real_model();
+  auto m = test::real_model();
   Forward fw(m, 4);
   KvCache cache = fw.make_cache(4);
   const TokenId bad = m->config().n_vocab;

@@ -8,22 +8,12 @@
 #include <random>
 
 #include "shard.hpp"
+#include "real_model.hpp"
 #include "test_util.hpp"
 
 using namespace troupe;
 
 namespace {
-
-std::shared_ptr<const Model> shard_test_model() {
-  static std::shared_ptr<const Model> m = [] {
-    auto file = GgufFile::open(test::model_path());
-    REQUIRE_MESSAGE(file.has_value(), "default model missing: run scripts/fetch-model.sh");
-    auto model = Model::load(*file);
-    REQUIRE(model.has_value());
-    return *model;
-  }();
-  return m;
-}
 
 // Runs a plan of p stages x t shards synchronously, adding partials in shard order as the stage actor does.
 class SplitRunner {
@@ -109,13 +99,13 @@ TEST_CASE("shard: ranges split evenly on block boundaries, and impossible splits
   REQUIRE(h.has_value());
   CHECK(*h == std::vector<std::pair<int, int>>{{0, 2}, {2, 3}});  // uneven groups: 2 and 1
   CHECK_FALSE(split_range(3, 4, 1).has_value());
-  CHECK_FALSE(split_stage(shard_test_model()->config(), 0, 1, 4).has_value());  // more groups than KV heads
+  CHECK_FALSE(split_stage(test::real_model()->config(), 0, 1, 4).has_value());  // more groups than KV heads
 }
 
 // Shards return unrounded partial sums and the kernels accumulate in double across 64-column chunks, so every split
 // gives Forward's floats: logits equal bit for bit, in both precisions, however the model is cut.
 TEST_CASE("shard: two sequences through scattered blocks give Forward's logits bit for bit in every split") {
-  auto m = shard_test_model();
+  auto m = test::real_model();
   for (Precision precision : {Precision::fast, Precision::exact}) {
   const bool exact = precision == Precision::exact;
   CAPTURE(exact);
