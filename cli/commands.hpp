@@ -44,6 +44,22 @@ struct BatchOptions {
 // answered (a line's error is an answer), 1 on a fatal error, 130 when interrupted.
 int run_batch(BatchOptions options);
 
+struct BenchOptions {
+  std::string model_path;
+  std::vector<int> n_prompt{128, 512};  // -p: a ppN test per value (a prompt of N tokens in one go); 0 = none
+  std::vector<int> n_gen{128};          // -n: a tgN test per value (N tokens generated one at a time); 0 = none
+  int repetitions = 5;                  // -r: timed samples per test (after one warm-up sample)
+  std::vector<int> threads;             // -t: thread counts to test, one engine each; empty: the plan's
+  bool direct = false;                  // Forward alone on the calling thread instead of the actor troupe
+  bool no_warmup = false;
+  std::string output = "md";            // md (llama-bench's table) or json
+  bool verbose = false;
+  PlanOptions plan;
+};
+
+// `troupe bench`: pp and tg tokens/s, mean and standard deviation over repetitions (cli/bench.cpp).
+int run_bench(BenchOptions options);
+
 struct ServeOptions {
   std::map<std::string, std::string> flags;  // server setting (config key) -> value, only those given as flags
   std::vector<std::string> cors_origins;     // --cors-origin, repeatable

@@ -3,6 +3,7 @@
 //   troupe generate [--model M] (--prompt P | --chat P) [-n N] [sampling flags]
 //   troupe batch [--model M] --in PROMPTS.jsonl --out RESULTS.jsonl [plan flags] [sampling flags]
 //   troupe serve [--model M] [--host H] [--port P] [--api-key KEY] [server flags] [plan flags]
+//   troupe bench [--model M] [-p 128,512] [-n 128] [-r 5] [-t 1,2] [--direct] [-o md|json] [plan flags]
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -93,6 +94,25 @@ int main(int argc, char** argv) {
   auto* serve = app.add_subcommand("serve", "Serve the model over an OpenAI-compatible HTTP API");
   add_serve_options(*serve, serve_options);
 
+  BenchOptions bench_options;
+  bench_options.model_path = default_model();
+  auto* bench = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) tokens/s, as llama-bench does");
+  bench->add_option("-m,--model", bench_options.model_path, "GGUF model file (env TROUPE_MODEL)")->capture_default_str();
+  bench->add_option("-p,--n-prompt", bench_options.n_prompt, "prompt lengths: a ppN test each (comma-separated)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+  bench->add_option("-n,--n-gen", bench_options.n_gen, "generation lengths: a tgN test each (comma-separated)")
+      ->delimiter(',')->capture_default_str()->check(CLI::Range(0, 1 << 20));
+  bench->add_option("-r,--repetitions", bench_options.repetitions, "timed samples per test")->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  bench->add_option("-t", bench_options.threads,
+                    "thread counts to test (comma-separated): --threads N each and, without --tp, tp fitted to N cores")
+      ->delimiter(',')->check(CLI::Range(1, 4096));
+  bench->add_flag("--direct", bench_options.direct, "time Forward alone on one thread, not the actor troupe");
+  bench->add_flag("--no-warmup", bench_options.no_warmup, "skip the untimed warm-up sample of each test");
+  bench->add_option("-o,--output", bench_options.output, "md (a table) or json")->capture_default_str();
+  add_plan_options(*bench, bench_options.plan);
+  bench->add_flag("-v,--verbose", bench_options.verbose, "debug logging to stderr");
+
   // Logs go to stderr: stdout carries generated text.
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
 
@@ -107,5 +127,6 @@ int main(int argc, char** argv) {
     return run_batch(std::move(b));
   }
   if (*serve) return run_serve(std::move(serve_options));
+  if (*bench) return run_bench(std::move(bench_options));
   return 0;
 }
