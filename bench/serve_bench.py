@@ -3,13 +3,13 @@
 spirit of `vllm bench serve`. Stdlib only.
 
 It sends streaming /v1/completions (or /v1/chat/completions) requests at a fixed concurrency or at a Poisson arrival
-rate and reports, per run:
-  request throughput (req/s), output tokens/s, total tokens/s,
+rate (gamma-distributed gaps with --burstiness other than 1, as vLLM's) and reports, per run:
+  request throughput (req/s), output tokens/s (and its peak over any 1 s window), total tokens/s,
   TTFT (time to first token), TPOT (time per output token after the first), ITL (gap between streamed chunks),
-  e2e latency: mean, p50, p99 (ms),
+  e2e latency: mean, median (p50), standard deviation, p99 and any --metric-percentiles (ms),
   goodput: requests per second that met every SLO given with --goodput.
 Output tokens are the server's usage.completion_tokens (stream_options.include_usage), else the number of content
-chunks.
+chunks. The JSON output uses vLLM's key names (mean_ttft_ms, median_tpot_ms, p99_itl_ms, std_e2el_ms, ...).
 
 Usage:
   troupe serve --port 8080 &
@@ -19,9 +19,12 @@ Usage:
   bench/serve_bench.py --endpoint chat --api-key KEY --dataset prompts.jsonl   # lines {"prompt": "..."}
   bench/serve_bench.py --extra-body '{"logit_bias": {"2": -100}}'               # e.g. keep generating to max
 
+  bench/serve_bench.py --concurrency 16 --ignore-eos --label troupe --save-detailed --json -   # one run, per request
+
 Options (see --help): --endpoint completions|chat, --model (default: the first of /v1/models), --input-len (words
-per synthetic prompt), --output-len (max_tokens), --temperature (default 0), --seed (prompts, arrivals),
---max-concurrency (cap under --request-rate), --warmup N, --timeout.
+per synthetic prompt), --output-len (max_tokens), --ignore-eos (sent as vLLM and llama-server take it),
+--temperature (default 0), --seed (prompts, arrivals), --burstiness, --max-concurrency (cap under --request-rate),
+--metric-percentiles 50,90,99, --warmup N, --timeout, --label (names the server in the output), --save-detailed.
 """
 import argparse
 import http.client
@@ -53,6 +56,8 @@ class Result:
         self.itl = []         # s, between content chunks
         self.e2e = 0.0        # s
         self.tpot = None      # s; None with fewer than 2 output tokens
+        self.start = 0.0      # s, perf_counter when sent
+        self.chunk_times = []  # s, perf_counter of each content chunk
 
 
 def send(args, url, prompt):
@@ -66,6 +71,8 @@ def send(args, url, prompt):
         body = {"prompt": prompt}
     body.update(model=args.model, max_tokens=args.output_len, temperature=args.temperature, stream=True,
                 stream_options={"include_usage": True})
+    if args.ignore_eos:
+        body["ignore_eos"] = True
     body.update(args.extra)
     headers = {"Content-Type": "application/json"}
     if args.api_key:
@@ -73,6 +80,7 @@ def send(args, url, prompt):
     conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(url.hostname, url.port or (443 if url.scheme == "https" else 80), timeout=args.timeout)
     t0 = time.perf_counter()
+    r.start = t0
     last = None
     chunks = 0
     try:
@@ -105,6 +113,7 @@ def send(args, url, prompt):
                 else:
                     r.itl.append(now - last)
                 last = now
+                r.chunk_times.append(now)
                 chunks += 1
         if not r.ok and not r.error:
             r.error = "the stream ended without [DONE]"
@@ -147,7 +156,9 @@ def run_concurrency(args, url, prompts, concurrency):
 
 
 def run_rate(args, url, prompts, rate, rng):
-    """Poisson arrivals at `rate` requests/s (inf: all at once), at most --max-concurrency in flight."""
+    """Arrivals at `rate` requests/s (inf: all at once), at most --max-concurrency in flight. The gaps are
+    gamma-distributed with shape --burstiness and mean 1/rate: exponential (a Poisson process) at burstiness 1,
+    burstier below 1, more even above, as vLLM's bench serve draws them."""
     results, lock = [], threading.Lock()
     slots = threading.Semaphore(args.max_concurrency or len(prompts))
 
@@ -166,7 +177,7 @@ def run_rate(args, url, prompts, rate, rng):
         th.start()
         threads.append(th)
         if math.isfinite(rate):
-            time.sleep(rng.expovariate(rate))
+            time.sleep(rng.gammavariate(args.burstiness, 1.0 / (rate * args.burstiness)))
     for th in threads:
         th.join()
     return results, time.perf_counter() - t0
@@ -182,7 +193,19 @@ def percentile(values, q):
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def summarize(results, duration, slo):
+def peak_output_throughput(ok):
+    """The most output chunks that arrived in any 1-second window (chunks are tokens for servers that stream one
+    token per chunk, as troupe serve, vLLM and llama-server do)."""
+    times = sorted(t for r in ok for t in r.chunk_times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] > 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return float(best)
+
+
+def summarize(results, duration, slo, percentiles=(99,)):
     ok = [r for r in results if r.ok]
     out = {"completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration,
            "errors": sorted({r.error for r in results if not r.ok})[:5]}
@@ -191,14 +214,18 @@ def summarize(results, duration, slo):
     out.update(total_input_tokens=n_in, total_output_tokens=n_out,
                request_throughput=len(ok) / duration if duration else 0,
                output_throughput=n_out / duration if duration else 0,
-               total_token_throughput=(n_in + n_out) / duration if duration else 0)
+               total_token_throughput=(n_in + n_out) / duration if duration else 0,
+               peak_output_throughput=peak_output_throughput(ok))
     series = {"ttft": [r.ttft for r in ok], "tpot": [r.tpot for r in ok if r.tpot is not None],
               "itl": [x for r in ok for x in r.itl], "e2el": [r.e2e for r in ok]}
     for name, values in series.items():
         ms = [x * 1000 for x in values]
-        out[f"mean_{name}_ms"] = sum(ms) / len(ms) if ms else None
+        mean = sum(ms) / len(ms) if ms else None
+        out[f"mean_{name}_ms"] = mean
         out[f"median_{name}_ms"] = percentile(ms, 50)
-        out[f"p99_{name}_ms"] = percentile(ms, 99)
+        out[f"std_{name}_ms"] = math.sqrt(sum((x - mean) ** 2 for x in ms) / len(ms)) if ms else None
+        for q in sorted(set(percentiles) | {99}):
+            out[f"p{q:g}_{name}_ms"] = percentile(ms, q)
     if slo:
         def good(r):
             got = {"ttft": r.ttft, "tpot": r.tpot or 0.0, "e2el": r.e2e}
@@ -207,6 +234,13 @@ def summarize(results, duration, slo):
         out["goodput"] = n_good / duration if duration else 0
         out["good_requests"] = n_good
     return out
+
+
+def details(results):
+    """Per request, as vLLM's --save-detailed writes them (seconds)."""
+    return {"ttfts": [r.ttft for r in results], "itls": [r.itl for r in results], "e2els": [r.e2e for r in results],
+            "input_lens": [r.prompt_tokens for r in results], "output_lens": [r.output_tokens for r in results],
+            "errors": [r.error for r in results]}
 
 
 # ---- output ----
@@ -220,8 +254,9 @@ HEADINGS = {"request_throughput": "req/s", "output_throughput": "out tok/s", "go
 
 
 def markdown(runs, meta):
-    lines = [f"serve_bench: {meta['endpoint']} on {meta['base_url']} ({meta['model']}), {meta['num_prompts']} prompts "
-             f"of ~{meta['input_len']} words, max_tokens {meta['output_len']}", ""]
+    label = f"{meta['label']}: " if meta.get("label") else ""
+    lines = [f"serve_bench: {label}{meta['endpoint']} on {meta['base_url']} ({meta['model']}), {meta['num_prompts']} "
+             f"prompts of ~{meta['input_len']} words, max_tokens {meta['output_len']}", ""]
     cols = [c for c in COLUMNS if c[0] != "goodput" or any("goodput" in r for r in runs)]
     lines.append("| " + " | ".join(HEADINGS.get(k, k.replace("_ms", " ms").replace("_", " ")) for k, _ in cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -241,22 +276,38 @@ def parse_args(argv):
     p.add_argument("--concurrency", default=None, help="comma-separated concurrencies, one run each (e.g. 1,4,16,64)")
     p.add_argument("--request-rate", default=None, help="comma-separated Poisson rates in req/s, 'inf' = all at once")
     p.add_argument("--max-concurrency", type=int, default=0, help="cap on requests in flight under --request-rate")
+    p.add_argument("--burstiness", type=float, default=1.0,
+                   help="shape of the gamma-distributed gaps under --request-rate: 1 = Poisson, <1 burstier")
     p.add_argument("--input-len", type=int, default=32, help="words per synthetic prompt")
     p.add_argument("--output-len", type=int, default=64, help="max_tokens per request")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="send \"ignore_eos\": true (vLLM, llama-server) so requests run to --output-len")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--dataset", default=None, help="JSONL with a \"prompt\" per line instead of synthetic prompts")
     p.add_argument("--extra-body", default="{}", help="JSON merged into every request body")
     p.add_argument("--goodput", nargs="*", default=[], metavar="METRIC:MS",
                    help="SLOs for goodput: ttft:MS tpot:MS e2el:MS")
+    p.add_argument("--metric-percentiles", default="99",
+                   help="comma-separated percentiles reported besides the median (p99 always): e.g. 50,90,99")
     p.add_argument("--warmup", type=int, default=1, help="requests sent (one at a time) before measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds per request")
+    p.add_argument("--label", default="", help="a name for the server under test, kept in the output")
+    p.add_argument("--save-detailed", action="store_true", help="add per-request timings to the JSON output")
     p.add_argument("--json", default=None, help="write the results as JSON to this file ('-': stdout)")
     p.add_argument("--markdown", default=None, help="write the markdown table to this file (default: stdout)")
     args = p.parse_args(argv)
     if not args.concurrency and not args.request_rate:
         args.concurrency = "1,4,16,64"
     args.extra = json.loads(args.extra_body)
+    if args.burstiness <= 0:
+        p.error("--burstiness must be above 0")
+    try:
+        args.percentiles = [float(q) for q in args.metric_percentiles.split(",") if q.strip()]
+    except ValueError:
+        p.error(f"--metric-percentiles {args.metric_percentiles!r}: expected numbers, e.g. 50,90,99")
+    if any(not 0 < q < 100 for q in args.percentiles):
+        p.error("--metric-percentiles: each must be above 0 and below 100")
     args.slo = {}
     for item in args.goodput:
         name, _, ms = item.partition(":")
@@ -299,13 +350,21 @@ def main(argv):
         else:
             results, duration = run_rate(args, url, prompts, value, rng)
             label = f"rate {value:g}/s"
-        summary = dict(load=label, **summarize(results, duration, args.slo))
+        summary = dict(load=label, **summarize(results, duration, args.slo, args.percentiles))
+        if kind == "concurrency":
+            summary["max_concurrency"] = value
+        else:
+            summary.update(request_rate=value, burstiness=args.burstiness, max_concurrency=args.max_concurrency or None)
+        if args.save_detailed:
+            summary["detailed"] = details(results)
         runs.append(summary)
         print(f"serve_bench: {label}: {summary['completed']} done, {summary['failed']} failed in {duration:.1f} s",
               file=sys.stderr)
-    meta = {"base_url": args.base_url, "endpoint": args.endpoint, "model": args.model, "num_prompts": args.num_prompts,
-            "input_len": args.input_len, "output_len": args.output_len, "temperature": args.temperature,
-            "slo_ms": args.slo, "extra_body": args.extra}
+    meta = {"label": args.label, "base_url": args.base_url, "endpoint": args.endpoint, "model": args.model,
+            "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
+            "ignore_eos": args.ignore_eos, "temperature": args.temperature, "slo_ms": args.slo,
+            "metric_percentiles": args.percentiles, "extra_body": args.extra,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     table = markdown(runs, meta)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
