@@ -377,6 +377,10 @@ int run_bench(BenchOptions o) {
     if (!o.plan.flags.count("max_batched_tokens")) {
       plan->max_batched_tokens = std::max(plan->max_batched_tokens, max_prompt);
     }
+    // One request at a time: unless set, the context and the KV pool fit the longest test, as llama-bench sizes its
+    // context to the test, so peak memory is comparable (the defaults would allocate a server's pool).
+    if (plan->max_context == 0) plan->max_context = max_prompt + max_gen + 1;
+    if (plan->kv_blocks == 0) plan->kv_blocks = (plan->max_context + plan->block_size - 1) / plan->block_size + 1;
     auto engine = Engine::start(*model, *tokenizer, *plan);
     if (!engine) return fail(engine.error());
     const std::string described = short_plan((*engine)->plan());
