@@ -2,7 +2,18 @@
 # Installs what Troupe needs on a Debian 12 machine (as root) and is a no-op when it is all there.
 #   scripts/setup.sh          apt packages for building and testing
 #   scripts/setup.sh --ref    also the Python reference tools used to regenerate golden files
+#   scripts/setup.sh --bench  also what scripts/compare.sh needs: clang-16 and its OpenMP (llama.cpp's fastest build
+#                             here), matplotlib (the chart), GNU time (peak memory)
 set -euo pipefail
+ref=0
+bench=0
+for arg in "$@"; do
+  case $arg in
+    --ref) ref=1 ;;
+    --bench) bench=1 ;;
+    *) echo "setup: unknown argument $arg (known: --ref, --bench)" >&2; exit 2 ;;
+  esac
+done
 
 # pip_install PACKAGE...: into the python3 the tests run. Debian 12's own python3 is "externally managed" (PEP 668)
 # and its pip refuses to install without --break-system-packages; the variable says the same to pips that know it
@@ -23,6 +34,9 @@ apt_packages=(
   clang libclang-rt-14-dev         # libFuzzer targets, sanitizers
   curl jq                          # HTTP tests (tests/cli/http_curl.sh)
 )
+if [ $bench -eq 1 ]; then
+  apt_packages+=(clang-16 libomp-16-dev python3-matplotlib time)  # scripts/compare.sh
+fi
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -38,7 +52,7 @@ fi
 # The official OpenAI client, which the HTTP tests drive troupe serve with (tests/http/).
 python3 -c 'import openai' 2>/dev/null || { echo "setup: installing openai (pip)"; pip_install 'openai>=1'; }
 
-if [ "${1:-}" = "--ref" ]; then
+if [ $ref -eq 1 ]; then
   # Reference implementations for the golden files (not needed by CI, which reads the committed goldens).
   # llama.cpp is built for the instruction sets this CPU has, named one by one: gcc 12 with -march=native
   # miscompiles llama.cpp's AMX path on CPUs that have AMX.
