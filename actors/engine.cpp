@@ -64,7 +64,7 @@ class ActorEngine final : public Engine {
   ActorEngine(std::shared_ptr<const Model> model, Tokenizer tokenizer, Plan plan)
       : model_(std::move(model)), tokenizer_(std::move(tokenizer)), plan_(plan), system_(configure(config_, plan)),
         loads_(plan.replicas) {
-    metrics_ = std::make_shared<Metrics>();
+    metrics_ = std::make_shared<Metrics>(plan_.replicas, plan_.pp, plan_.tp);
     // TROUPE_FAULT=replica:stage:group:step, the fault-injection switch for front ends that have no API to call.
     int f_replica = -1, f_stage = 0, f_group = 0;
     unsigned long long f_step = 0;
@@ -151,10 +151,26 @@ class ActorEngine final : public Engine {
     total.messages = metrics_->messages.load();
     total.compute_seconds = metrics_->compute_ns.load() * 1e-9;
     total.shard_restarts = metrics_->shard_restarts.load();
+    for (int r = 0; r < plan_.replicas; ++r) {
+      for (int s = 0; s < plan_.pp; ++s) {
+        for (int g = 0; g < plan_.tp; ++g) total.shards.push_back(shard_stats(r, s, g));
+      }
+    }
     return total;
   }
 
   const Plan& plan() const override { return plan_; }
+
+  ShardStats shard_stats(int replica, int stage, int group) const {
+    const ShardCounters& c = metrics_->shard(replica, stage, group);
+    ShardStats out{replica, stage, group};
+    const uint64_t taken = c.taken.load(std::memory_order_relaxed);  // first: the two are read at different moments
+    out.mailbox_depth = std::max<int64_t>(0, static_cast<int64_t>(c.sent.load(std::memory_order_relaxed) - taken));
+    for (const auto& b : c.step_buckets) out.step_buckets.push_back(b.load(std::memory_order_relaxed));
+    for (uint64_t n : out.step_buckets) out.steps += n;
+    out.step_seconds = c.step_ns.load(std::memory_order_relaxed) * 1e-9;
+    return out;
+  }
 
   double retry_after() override { return 1.0; }
 

@@ -6,9 +6,10 @@
 //   submit(request, sink)        queues a request on the least loaded replica, or refuses it at once (overloaded)
 //   ack(id, n)                   the consumer took n more tokens (backpressure credit)
 //   cancel(id)                   stops a request and frees its KV blocks within one scheduler step
-//   stats()                      counters for /metrics and tests
+//   stats()                      counters for /metrics and tests, engine-wide and per shard
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -81,6 +82,20 @@ class Sink {
 
 using RequestId = uint64_t;
 
+// Upper bounds (seconds) of the buckets of a shard's step time; +Inf is implied. A decode step of a small model is
+// about a millisecond per shard, a prefill chunk of a large one seconds.
+inline constexpr std::array<double, 14> kShardStepBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                            0.1,    0.25,  0.5,    1.0,   2.5,  5.0,  10.0};
+
+// One shard actor's load: what waits for it, and how long its part of a step takes (to find the slow one).
+struct ShardStats {
+  int replica = 0, stage = 0, group = 0;
+  int64_t mailbox_depth = 0;           // messages its stage sent that it has not yet taken from its mailbox
+  uint64_t steps = 0;                  // steps it computed all its layers of
+  double step_seconds = 0;             // its compute time over those steps, summed
+  std::vector<uint64_t> step_buckets;  // (kShardStepBounds.size() + 1) steps per bucket, not cumulative; last +Inf
+};
+
 struct EngineStats {
   int running = 0;
   int waiting = 0;
@@ -95,6 +110,7 @@ struct EngineStats {
   uint64_t shard_restarts = 0;
   double compute_seconds = 0;     // time shards spent computing
   double step_seconds = 0;        // wall time of steps from send to result (summed over steps)
+  std::vector<ShardStats> shards; // every shard of every replica, by (replica, stage, group)
 };
 
 class Engine {

@@ -16,11 +16,14 @@
 
 #include <caf/all.hpp>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "engine.hpp"
 #include "shard.hpp"
 
 namespace troupe {
@@ -94,11 +97,47 @@ using Activations = Shared<std::vector<float>>;  // (n_tokens, n_embd) row-major
 using Partials = Shared<std::vector<double>>;    // (n_tokens, n_embd) a shard's unrounded share
 using Logits = Shared<std::vector<float>>;       // (rows, n_vocab)
 
-// Counters every actor of an engine adds to, read by Engine::stats() (lock-free).
+// One shard's load, read by Engine::stats() from any thread. Each counter has one writer (the stage or the shard),
+// so an update is a relaxed load and store on a cache line of the shard's own: no locked instruction, no sharing
+// with other shards. Mailbox depth = sent - taken (CAF 0.17's mailbox().size() is only callable by the actor itself:
+// it moves messages between the mailbox's internal queues).
+struct alignas(64) ShardCounters {
+  std::atomic<uint64_t> sent{0};     // written by the stage: messages sent to this shard (reset to taken on a respawn)
+  std::atomic<uint64_t> taken{0};    // written by the shard: messages it took from its mailbox
+  std::atomic<uint64_t> step_ns{0};  // written by the shard: compute time of the steps it finished, summed
+  std::array<std::atomic<uint64_t>, kShardStepBounds.size() + 1> step_buckets{};  // steps per bucket; last +Inf
+
+  // The one writer adds n (not an atomic read-modify-write: no other thread writes this counter).
+  static void add(std::atomic<uint64_t>& counter, uint64_t n) {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  // The shard finished its part of a step in ns of compute (the bucket: the first bound >= the time, as "le" says).
+  void observe_step(uint64_t ns) {
+    const double seconds = ns * 1e-9;
+    size_t i = 0;
+    while (i < kShardStepBounds.size() && seconds > kShardStepBounds[i]) ++i;
+    add(step_buckets[i], 1);
+    add(step_ns, ns);
+  }
+};
+
+// Counters every actor of an engine adds to, read by Engine::stats() (lock-free), and each shard's own.
 struct Metrics {
+  Metrics(int replicas, int stages, int groups)
+      : n_stages(stages), n_groups(groups), shards(static_cast<size_t>(replicas) * stages * groups) {}
+
   std::atomic<uint64_t> messages{0};
   std::atomic<uint64_t> compute_ns{0};
   std::atomic<uint64_t> shard_restarts{0};
+
+  const int n_stages, n_groups;
+  std::vector<ShardCounters> shards;  // (replicas, stages, groups)
+  ShardCounters& shard(int replica, int stage, int group) {
+    return shards[(static_cast<size_t>(replica) * n_stages + stage) * n_groups + group];
+  }
+  const ShardCounters& shard(int replica, int stage, int group) const {
+    return shards[(static_cast<size_t>(replica) * n_stages + stage) * n_groups + group];
+  }
 };
 
 }  // namespace troupe

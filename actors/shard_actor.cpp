@@ -1,5 +1,6 @@
 // shard_actor.cpp: a shard actor owns one ShardWorker (its weights' slice and KV pool) and answers its stage's
-// attention and FFN requests for a layer with its partial sums.
+// attention and FFN requests for a layer with its partial sums. It counts the messages it takes (its stage counts
+// those it sends: the difference is its mailbox depth) and its compute time per step, for /metrics.
 //
 // Where it runs (measured with bench/actors_bench.cpp on 2 cores, tg32, alternating runs):
 //   - alone in its stage (tp = 1): on CAF's worker pool. A message from the stage is then run by the same worker
@@ -10,6 +11,7 @@
 //     46 on the pool).
 #include <chrono>
 #include <stdexcept>
+#include <utility>
 
 #include "troupe.hpp"
 
@@ -24,25 +26,37 @@ struct ShardState {
   int n_embd = 0;
   bool fail_next = false;  // fault injection: throw on the next compute message
   std::shared_ptr<Metrics> metrics;
+  ShardCounters* counters = nullptr;  // this shard's own (in metrics): messages taken, step time
+  int last_layer = 0;                 // its FFN ends its part of a step
+  uint64_t step_id = 0;               // the step being computed and its compute time so far
+  uint64_t step_ns = 0;
 };
 
 using ShardActor = caf::stateful_actor<ShardState>;
 
+// Every handler starts here: the message has left the mailbox (the mailbox depth /metrics reports).
+void took_message(ShardActor* self) { ShardCounters::add(self->state.counters->taken, 1); }
+
 // Runs one compute call, timed, and replies with the partial sums or reports failure (the stage then fails the step).
+// The last layer's FFN ends the shard's part of a step: its compute time over the step's layers is observed then
+// (a step that failed half way is dropped when the next one starts).
 template <class F>
-void compute(ShardActor* self, uint64_t step_id, int layer, int n_tokens, F&& f) {
+void compute(ShardActor* self, uint64_t step_id, int layer, bool ends_step, int n_tokens, F&& f) {
   auto& st = self->state;
   if (st.fail_next) throw std::runtime_error("injected fault in shard " + std::to_string(st.group));
   const auto t0 = std::chrono::steady_clock::now();
   auto out = std::make_shared<std::vector<double>>(static_cast<size_t>(n_tokens) * st.n_embd);
   Expected<void> r = f(out->data());
-  st.metrics->compute_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                std::chrono::steady_clock::now() - t0).count();
+  const uint64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  st.metrics->compute_ns += ns;
   st.metrics->messages += 1;
   if (!r) {
     self->send(st.stage, failed_atom::value, step_id, r.error().message);
     return;
   }
+  if (step_id != st.step_id) st.step_id = step_id, st.step_ns = 0;
+  st.step_ns += ns;
+  if (ends_step) st.counters->observe_step(std::exchange(st.step_ns, 0));
   self->send(st.stage, partial_atom::value, step_id, layer, st.group, Partials{std::move(out)});
 }
 
@@ -52,6 +66,8 @@ caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
   st.group = init.group;
   st.n_embd = init.model->config().n_embd;
   st.metrics = init.metrics;
+  st.counters = init.counters;
+  st.last_layer = init.spec.layer_end - 1;
   // An exception ends this shard (its stage sees it go down and respawns it) with the exception's text as the
   // reason, instead of CAF's default report on stderr.
   self->set_exception_handler([](caf::scheduled_actor*, std::exception_ptr& e) -> caf::error {
@@ -67,16 +83,21 @@ caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
                                             init.block_size);
   return {
       [=](attn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
-        compute(self, step_id, layer, step->layout.n_tokens, [&](double* out) {
+        took_message(self);
+        compute(self, step_id, layer, false, step->layout.n_tokens, [&](double* out) {
           return self->state.worker->attention(layer, step->layout, xn->data(), out);
         });
       },
       [=](ffn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
-        compute(self, step_id, layer, step->layout.n_tokens, [&](double* out) {
+        took_message(self);
+        compute(self, step_id, layer, layer == self->state.last_layer, step->layout.n_tokens, [&](double* out) {
           return self->state.worker->ffn(layer, step->layout.n_tokens, xn->data(), out);
         });
       },
-      [=](fault_atom) { self->state.fail_next = true; },
+      [=](fault_atom) {
+        took_message(self);
+        self->state.fail_next = true;
+      },
   };
 }
 

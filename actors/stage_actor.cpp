@@ -26,6 +26,7 @@ struct StageState {
   std::unique_ptr<StageCompute> compute;
   std::shared_ptr<std::vector<caf::actor>> shard_list = std::make_shared<std::vector<caf::actor>>();
   std::vector<caf::actor>& shards = *shard_list;
+  std::vector<ShardCounters*> counters;  // by group: each shard's slot in init.metrics
   std::deque<Pending> queue;
   // the running step
   bool busy = false;
@@ -41,6 +42,14 @@ using StageActor = caf::stateful_actor<StageState>;
 
 void start_next(StageActor* self);
 
+// Every message to a shard goes through here: it counts towards the shard's mailbox depth until the shard takes it.
+template <class... Ts>
+void send_to_shard(StageActor* self, size_t group, Ts&&... xs) {
+  auto& st = self->state;
+  ShardCounters::add(st.counters[group]->sent, 1);
+  self->send(st.shards[group], std::forward<Ts>(xs)...);
+}
+
 void send_to_shards(StageActor* self) {
   auto& st = self->state;
   const LayerWeights& L = st.init.model->layer(st.layer);
@@ -50,11 +59,11 @@ void send_to_shards(StageActor* self) {
   const Activations shared{std::move(xn)};
   st.partials.assign(st.shards.size(), Partials{});
   st.n_partials = 0;
-  for (const auto& shard : st.shards) {
+  for (size_t g = 0; g < st.shards.size(); ++g) {
     if (st.in_ffn) {
-      self->send(shard, ffn_atom::value, st.step->step_id, st.layer, st.step, shared);
+      send_to_shard(self, g, ffn_atom::value, st.step->step_id, st.layer, st.step, shared);
     } else {
-      self->send(shard, attn_atom::value, st.step->step_id, st.layer, st.step, shared);
+      send_to_shard(self, g, attn_atom::value, st.step->step_id, st.layer, st.step, shared);
     }
   }
   st.init.metrics->messages += st.shards.size();
@@ -113,11 +122,14 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   auto spawn_group = [self](int g) {
     auto& s = self->state;
     ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
-                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1};
+                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g]};
     caf::actor a = spawn_shard(self, std::move(si), caf::actor_cast<caf::actor>(self));
     self->monitor(a);
     return a;
   };
+  for (size_t g = 0; g < st.init.shards.size(); ++g) {
+    st.counters.push_back(&st.init.metrics->shard(st.init.replica, st.init.stage, static_cast<int>(g)));
+  }
   for (size_t g = 0; g < st.init.shards.size(); ++g) st.shards.push_back(spawn_group(static_cast<int>(g)));
   // The shards die with their stage.
   self->attach_functor([list = st.shard_list]() {
@@ -129,6 +141,9 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
       if (s.shards[g].address() != dm.source) continue;
       // Respawn from the mapped weights; the new shard's KV pool is empty, so every sequence of this replica has
       // lost part of its cache: the step running here fails, and the scheduler recomputes or fails the rest.
+      // What the dead shard never took is gone with its mailbox (it took nothing after it died: its down message
+      // follows its last handler).
+      s.counters[g]->sent.store(s.counters[g]->taken.load(std::memory_order_relaxed), std::memory_order_relaxed);
       s.shards[g] = spawn_group(static_cast<int>(g));
       s.init.metrics->shard_restarts += 1;
       const std::string why = "shard " + std::to_string(g) + " of stage " + std::to_string(s.init.stage) +
@@ -174,7 +189,7 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
       },
       [=](fault_atom, int group) {
         auto& s = self->state;
-        if (group >= 0 && group < static_cast<int>(s.shards.size())) self->send(s.shards[group], fault_atom::value);
+        if (group >= 0 && group < static_cast<int>(s.shards.size())) send_to_shard(self, group, fault_atom::value);
       },
   };
 }

@@ -29,6 +29,7 @@ struct ShardInit {
   int block_size = 0;
   std::shared_ptr<Metrics> metrics;
   bool detached = false;  // its own thread (when the stage has several shards to run in parallel)
+  ShardCounters* counters = nullptr;  // its slot in `metrics` (which keeps it alive): messages taken, step time
 };
 
 struct StageInit {
@@ -43,6 +44,7 @@ struct StageInit {
   caf::actor downstream;  // the next stage, or the scheduler after the last
   caf::actor scheduler;   // where failures are reported
   std::shared_ptr<Metrics> metrics;
+  int replica = 0;        // with `stage`, where its shards' counters are in `metrics`
 };
 
 caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);

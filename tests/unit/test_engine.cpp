@@ -312,6 +312,42 @@ TEST_CASE("engine: a shard that dies fails only its replica's running requests a
   const EngineStats s = idle_stats(*engine);
   CHECK(s.shard_restarts == 1);
   CHECK(s.blocks_used == 0);
+  // what the dead shard never took left with it: no mailbox shows it
+  REQUIRE(s.shards.size() == 8);
+  for (const auto& sh : s.shards) CHECK(sh.mailbox_depth == 0);
+}
+
+TEST_CASE("engine: every shard reports its mailbox depth and the compute time of each step it ran") {
+  Plan plan;
+  plan.tp = 2, plan.pp = 2, plan.replicas = 2, plan.max_context = 256;
+  auto engine = start(plan);
+  EngineStats s = engine->stats();
+  REQUIRE(s.shards.size() == 8);
+  for (size_t i = 0; i < s.shards.size(); ++i) {  // by replica, stage, group
+    CAPTURE(i);
+    CHECK(s.shards[i].replica == static_cast<int>(i / 4));
+    CHECK(s.shards[i].stage == static_cast<int>(i / 2 % 2));
+    CHECK(s.shards[i].group == static_cast<int>(i % 2));
+    CHECK(s.shards[i].steps == 0);
+    CHECK(s.shards[i].step_buckets.size() == kShardStepBounds.size() + 1);
+  }
+  // one request: on one replica, 6 steps (the prompt, then a token each) through every one of its shards
+  auto sink = std::make_shared<Collector>();
+  auto id = engine->submit(greedy_request({504, 3575, 282}, 6), sink);
+  REQUIRE(id.has_value());
+  REQUIRE(sink->wait());
+  s = idle_stats(*engine);
+  CHECK(s.steps == 6);
+  const int busy = static_cast<int>(*id % 64);
+  for (const auto& sh : s.shards) {
+    INFO("shard ", sh.replica, ":", sh.stage, ":", sh.group);
+    CHECK(sh.mailbox_depth == 0);
+    CHECK(sh.steps == (sh.replica == busy ? 6u : 0u));
+    uint64_t in_buckets = 0;
+    for (uint64_t n : sh.step_buckets) in_buckets += n;
+    CHECK(in_buckets == sh.steps);
+    CHECK((sh.step_seconds > 0) == (sh.steps > 0));
+  }
 }
 
 TEST_CASE("engine: log-probabilities are the model's log-softmax, with the most likely alternatives in order") {
