@@ -1,7 +1,9 @@
 // metrics.hpp: what /metrics reports that the engine does not count itself: latency histograms measured in http/
 // from the events each request sees, and responses by status. Thread-safe: engine threads observe, io threads render.
 //   Histogram   Prometheus-style cumulative buckets with _sum and _count
-//   Metrics     the four latency histograms and the response counter; render() writes the Prometheus text
+//   Metrics     the four latency histograms and the response counter; render() writes the Prometheus text, with
+//               the engine's stats (per shard: troupe_shard_mailbox_depth, troupe_shard_step_seconds, labelled
+//               replica, stage, group)
 #pragma once
 
 #include <cstdint>
@@ -26,7 +28,6 @@ class Histogram {
   std::vector<double> bounds_;
   std::vector<uint64_t> counts_;  // (bounds + 1): per bucket, not cumulative; the last is +Inf
   double sum_ = 0;
-  uint64_t count_ = 0;
 };
 
 class Metrics {

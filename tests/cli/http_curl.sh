@@ -271,6 +271,25 @@ check "/metrics: e2e histogram count $(metric troupe_e2e_request_latency_seconds
   test "$(metric troupe_e2e_request_latency_seconds_count)" = "$(metric 'troupe_e2e_request_latency_seconds_bucket{le="+Inf"}')"
 check "/metrics: idle, yet kv blocks used $(metric troupe_kv_blocks_used) of $(metric troupe_kv_blocks_total)" \
   test "$(metric troupe_kv_blocks_used)" = 0 -a "$(metric troupe_kv_blocks_total)" != 0
+# per shard (one replica, one stage here): a mailbox depth gauge and a step time histogram labelled replica, stage,
+# group; every step went through every shard; idle, no message waits
+shard_labels() { grep -oE "^$1\{replica=\"[0-9]+\",stage=\"[0-9]+\",group=\"[0-9]+\"" body.json | sed 's/^[^{]*//' | sort; }
+check "/metrics: per-shard metric types" eval 'grep -q "^# TYPE troupe_shard_mailbox_depth gauge$" body.json &&
+  grep -q "^# TYPE troupe_shard_step_seconds histogram$" body.json'
+check "/metrics: no shard series, or labels that differ: $(shard_labels troupe_shard_mailbox_depth | tr '\n' ' ')" \
+  eval '[ -n "$(shard_labels troupe_shard_mailbox_depth)" ] &&
+    [ "$(shard_labels troupe_shard_mailbox_depth)" = "$(shard_labels troupe_shard_step_seconds_count)" ] &&
+    [ "$(shard_labels troupe_shard_mailbox_depth)" = "$(shard_labels troupe_shard_step_seconds_sum)" ]'
+check "/metrics: idle, yet a shard's mailbox is not empty: $(grep '^troupe_shard_mailbox_depth{' body.json | tr '\n' ' ')" \
+  eval '! grep "^troupe_shard_mailbox_depth{" body.json | grep -qv " 0$"'
+steps=$(metric troupe_steps_total)
+bad_shards=$(awk -v n="$steps" '/^troupe_shard_step_seconds_count\{/ && $2 != n { print }
+  /^troupe_shard_step_seconds_sum\{/ && !($2 > 0) { print }' body.json)
+check "/metrics: a shard's step count is not troupe_steps_total $steps, or its time is 0: $bad_shards" \
+  test -n "$steps" -a "$steps" != 0 -a -z "$bad_shards"
+inf_vs_count=$(awk '/^troupe_shard_step_seconds_bucket\{.*le="\+Inf"\}/ { sub(/,le="\+Inf"/, ""); sub(/_bucket/, "_count"); print }' body.json | sort)
+check "/metrics: a shard's +Inf bucket is not its _count" \
+  test "$inf_vs_count" = "$(grep '^troupe_shard_step_seconds_count{' body.json | sort)"
 
 # -- 400: malformed JSON and every field out of range, "param" naming the field --
 post /v1/chat/completions '{"messages": [{"role": "user", "content": "hi"}'
@@ -488,6 +507,8 @@ check "the request after the fault: $code" test "$code" = 200
 req GET /metrics
 check "troupe_shard_restarts_total after the fault: $(grep '^troupe_shard_restarts_total' body.json)" \
   grep -q '^troupe_shard_restarts_total [1-9]' body.json
+check "after the fault, idle, a shard's mailbox is not empty: $(grep '^troupe_shard_mailbox_depth{' body.json | tr '\n' ' ')" \
+  eval 'grep -q "^troupe_shard_mailbox_depth{" body.json && ! grep "^troupe_shard_mailbox_depth{" body.json | grep -qv " 0$"'
 stop
 TROUPE_FAULT=0:0:0:6 start g || { echo "$passes passed, $failures failed"; exit 1; }
 sse /v1/completions "{\"prompt\": \"Count:\", \"max_tokens\": 30, \"stream\": true, \"logit_bias\": $no_eog}" fault.sse

@@ -534,3 +534,36 @@ TEST_CASE("openai: a gathered completion with logprobs: text, entries with offse
   CHECK(j["choices"][0]["logprobs"]["top_logprobs"][0][t.text].get<double>() == doctest::Approx(-0.5));
   CHECK(j["usage"] == json{{"prompt_tokens", 1}, {"completion_tokens", 2}, {"total_tokens", 3}});
 }
+
+// ---- the /metrics page (metrics.hpp) ----
+
+#include "metrics.hpp"
+
+TEST_CASE("openai: /metrics: per-shard mailbox depth gauges and step time histograms labelled replica, stage, group") {
+  EngineStats stats;
+  ShardStats a{0, 0, 0, 3, 0, 0.0125, std::vector<uint64_t>(kShardStepBounds.size() + 1, 0)};
+  a.step_buckets[1] = 2;                          // two steps of 0.5-1 ms
+  a.step_buckets.back() = 1;                      // one over the last bound
+  a.steps = 3;
+  ShardStats b{1, 2, 1, 0, 0, 0, std::vector<uint64_t>(kShardStepBounds.size() + 1, 0)};
+  stats.shards = {a, b};
+  const std::string text = Metrics().render(stats);
+  auto has = [&](const std::string& line) {
+    INFO(line);
+    CHECK(text.find("\n" + line + "\n") != std::string::npos);
+  };
+  has("# TYPE troupe_shard_mailbox_depth gauge");
+  has(R"(troupe_shard_mailbox_depth{replica="0",stage="0",group="0"} 3)");
+  has(R"(troupe_shard_mailbox_depth{replica="1",stage="2",group="1"} 0)");
+  has("# TYPE troupe_shard_step_seconds histogram");
+  has(R"(troupe_shard_step_seconds_bucket{replica="0",stage="0",group="0",le="0.0005"} 0)");
+  has(R"(troupe_shard_step_seconds_bucket{replica="0",stage="0",group="0",le="0.001"} 2)");
+  has(R"(troupe_shard_step_seconds_bucket{replica="0",stage="0",group="0",le="10"} 2)");
+  has(R"(troupe_shard_step_seconds_bucket{replica="0",stage="0",group="0",le="+Inf"} 3)");
+  has(R"(troupe_shard_step_seconds_sum{replica="0",stage="0",group="0"} 0.0125)");
+  has(R"(troupe_shard_step_seconds_count{replica="0",stage="0",group="0"} 3)");
+  has(R"(troupe_shard_step_seconds_count{replica="1",stage="2",group="1"} 0)");
+  // the unlabelled histograms keep their shape
+  has(R"(troupe_time_to_first_token_seconds_bucket{le="+Inf"} 0)");
+  has("troupe_time_to_first_token_seconds_count 0");
+}
