@@ -140,7 +140,8 @@ std::string format_usage_chunk(const ResponseMeta& meta, const Usage& usage);
 std::string format_response(const ResponseMeta& meta, const std::vector<ChoiceOut>& choices, const Usage& usage);
 std::string format_error(const ApiError& error);
 
-std::string format_models(const std::string& model_id, int64_t created);
+std::string format_models(const std::string& model_id, int64_t created);  // GET /v1/models: the list
+std::string format_model(const std::string& model_id, int64_t created);   // GET /v1/models/{id}: the one object
 std::string format_tokens(const std::vector<TokenId>& ids, int max_model_len);
 std::string format_detokenized(const std::string& text);
 std::string format_health(const std::string& status, const std::string& detail = {});

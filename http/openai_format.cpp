@@ -125,10 +125,20 @@ std::string format_error(const ApiError& e) {
                 {{"message", e.message}, {"type", e.type}, {"param", nullable(e.param)}, {"code", nullable(e.code)}}}});
 }
 
+namespace {
+
+ojson model_object(const std::string& model_id, int64_t created) {
+  return {{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "troupe"}};
+}
+
+}  // namespace
+
 std::string format_models(const std::string& model_id, int64_t created) {
-  return dump({{"object", "list"},
-               {"data", ojson::array({{{"id", model_id}, {"object", "model"}, {"created", created},
-                                       {"owned_by", "troupe"}}})}});
+  return dump({{"object", "list"}, {"data", ojson::array({model_object(model_id, created)})}});
+}
+
+std::string format_model(const std::string& model_id, int64_t created) {
+  return dump(model_object(model_id, created));
 }
 
 std::string format_tokens(const std::vector<TokenId>& ids, int max_model_len) {

@@ -3,20 +3,59 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
+#include <string_view>
 
 namespace troupe::http {
 
 namespace {
 
 struct RouteEntry {
-  const char* path;
-  const char* method;  // the one method it takes
+  const char* path;    // the path, or a prefix when it ends with '/' (the rest of the path is a parameter)
+  const char* method;  // the one method it takes (a GET route takes HEAD too)
 };
 
 const RouteEntry kRoutes[] = {
-    {"/health", "GET"},        {"/metrics", "GET"},    {"/v1/models", "GET"},   {"/v1/chat/completions", "POST"},
-    {"/v1/completions", "POST"}, {"/tokenize", "POST"}, {"/detokenize", "POST"},
+    {"/health", "GET"},          {"/metrics", "GET"},   {"/v1/models", "GET"},    {"/v1/models/", "GET"},
+    {"/v1/chat/completions", "POST"}, {"/v1/completions", "POST"}, {"/tokenize", "POST"}, {"/detokenize", "POST"},
 };
+
+const RouteEntry* find_route(const std::string& path) {
+  for (const auto& r : kRoutes) {
+    const std::string_view p = r.path;
+    const bool prefix = p.back() == '/';
+    if (prefix ? path.size() > p.size() && path.compare(0, p.size(), p) == 0 : path == p) return &r;
+  }
+  return nullptr;
+}
+
+bool is_get(const RouteEntry& r) { return std::string_view(r.method) == "GET"; }
+
+// The Allow header of a route (every route's methods for "*").
+std::string allowed_methods(const RouteEntry* r) {
+  if (!r) return "GET, HEAD, POST, OPTIONS";
+  return is_get(*r) ? "GET, HEAD, OPTIONS" : std::string(r->method) + ", OPTIONS";
+}
+
+// %XX escapes decoded (clients escape a model id's '/', ':' or spaces); nullopt for a malformed escape.
+std::optional<std::string> percent_decode(std::string_view s) {
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
 
 ApiError api(int status, std::string type, std::string message, std::string code = {}) {
   ApiError e;
@@ -60,16 +99,16 @@ HttpResponse health(const ServerState& state) {
   return json_response(format_health("degraded", detail));
 }
 
+ApiError model_not_found(const Backend& backend) {
+  return api(404, "not_found_error", "this server serves only the model '" + backend.model_id + "'", "model_not_found");
+}
+
 Action generation(const HttpRequest& req, ServerState& state, const Backend& backend, Endpoint endpoint) {
   const RequestLimits limits{state.options.max_n, state.options.max_top_logprobs, backend.tokenizer.n_vocab()};
   auto parsed = endpoint == Endpoint::chat ? parse_chat_request(req.body, limits)
                                            : parse_completion_request(req.body, limits);
   if (!parsed) return {error_response(parsed.error()), {}, {}};
-  if (parsed->model && *parsed->model != backend.model_id) {
-    return {error_response(api(404, "not_found_error", "this server serves only the model '" + backend.model_id + "'",
-                               "model_not_found")),
-            {}, {}};
-  }
+  if (parsed->model && *parsed->model != backend.model_id) return {error_response(model_not_found(backend)), {}, {}};
   return {{}, {}, std::make_shared<Generation>(std::move(*parsed), backend, state.options)};
 }
 
@@ -90,6 +129,12 @@ Action detokenize(const HttpRequest& req, const Backend& backend) {
             return json_response(format_detokenized(backend.tokenizer.decode(ids, /*render_special=*/true)));
           },
           {}};
+}
+
+// GET /v1/models/{id}: the model object when the id is the served model's (the id comes %-escaped).
+HttpResponse model(const std::string& escaped_id, const Backend& backend) {
+  if (percent_decode(escaped_id) != backend.model_id) return error_response(model_not_found(backend));
+  return json_response(format_model(backend.model_id, backend.created));
 }
 
 Action metrics(ServerState& state, const Backend& backend) {
@@ -142,19 +187,15 @@ std::vector<std::pair<std::string, std::string>> cors_headers(const std::string&
 Action route(const HttpRequest& req, ServerState& state) {
   const ServerOptions& o = state.options;
   const std::string path = route_path(req.target);
-  const RouteEntry* entry = nullptr;
-  for (const auto& r : kRoutes) {
-    if (path == r.path) entry = &r;
-  }
+  const RouteEntry* entry = find_route(path);
 
   if (req.method == "OPTIONS" && (entry || path == "*")) {
     HttpResponse r;
     r.status = 204;
     r.content_type.clear();
-    r.headers.emplace_back("Allow", entry ? std::string(entry->method) + ", OPTIONS" : "GET, POST, OPTIONS");
+    r.headers.emplace_back("Allow", allowed_methods(entry));
     if (!cors_headers(req.origin, o).empty()) {  // the session adds Access-Control-Allow-Origin to every answer
-      r.headers.emplace_back("Access-Control-Allow-Methods", entry ? std::string(entry->method) + ", OPTIONS"
-                                                                   : "GET, POST, OPTIONS");
+      r.headers.emplace_back("Access-Control-Allow-Methods", allowed_methods(entry));
       r.headers.emplace_back("Access-Control-Allow-Headers", allowed_headers(req.request_headers));
       r.headers.emplace_back("Access-Control-Max-Age", "600");
     }
@@ -167,10 +208,11 @@ Action route(const HttpRequest& req, ServerState& state) {
     return {r, {}, {}};
   }
   if (!entry) return {error_response(api(404, "not_found_error", "no such route", "not_found")), {}, {}};
-  if (req.method != entry->method) {
+  // HEAD is GET without the body (the session drops it).
+  if (req.method != entry->method && !(req.method == "HEAD" && is_get(*entry))) {
     HttpResponse r = error_response(api(405, "invalid_request_error",
                                         "this route takes " + std::string(entry->method), "method_not_allowed"));
-    r.headers.emplace_back("Allow", std::string(entry->method) + ", OPTIONS");
+    r.headers.emplace_back("Allow", allowed_methods(entry));
     return {r, {}, {}};
   }
   if (path == "/health") return {health(state), {}, {}};
@@ -180,6 +222,7 @@ Action route(const HttpRequest& req, ServerState& state) {
     return {error_response(api(503, "service_unavailable", "the model is loading; retry shortly", "loading")), {}, {}};
   }
   if (path == "/v1/models") return {json_response(format_models(backend->model_id, backend->created)), {}, {}};
+  if (const std::string_view p = entry->path; p == "/v1/models/") return {model(path.substr(p.size()), *backend), {}, {}};
   if (path == "/metrics") return metrics(state, *backend);
   if (path == "/tokenize") return tokenize(req, *backend);
   if (path == "/detokenize") return detokenize(req, *backend);

@@ -4,10 +4,12 @@
 //   GET  /health                 503 {"status":"loading"} | 200 {"status":"ok"} | 200 {"status":"degraded", detail}
 //   GET  /metrics                Prometheus text (engine stats are read off the io threads)
 //   GET  /v1/models              the one served model
+//   GET  /v1/models/{id}         its model object; 404 model_not_found for another id (%-escapes decoded)
 //   POST /v1/chat/completions    a Generation (openai.hpp, generation.hpp)
 //   POST /v1/completions         a Generation
 //   POST /tokenize, /detokenize  text <-> token ids (off the io threads)
 //   OPTIONS <route>              CORS preflight (no API key needed, as browsers send none)
+//   HEAD <a GET route>           the GET's answer; the session sends its status and headers without the body
 // Every route but /health and OPTIONS needs `Authorization: Bearer KEY` when the server has an API key.
 #pragma once
 

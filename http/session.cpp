@@ -273,7 +273,8 @@ std::string Session::head(int status, const std::string& content_type, size_t co
 void Session::respond(HttpResponse r) {
   if (!keep_alive_ || stopping_) close_after_ = true;
   chunked_ = false;
-  queue_raw(head(r.status, r.content_type, r.body.size(), r.headers) + r.body);
+  // HEAD: the GET's status and headers (its Content-Length too), never a body
+  queue_raw(head(r.status, r.content_type, r.body.size(), r.headers) + (method_ == "HEAD" ? std::string() : r.body));
   queue_last();
 }
 

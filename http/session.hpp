@@ -5,6 +5,7 @@
 //   read_request   idle timeout until the first byte, then --read-timeout for header and body together;
 //                  header and body limits (431, 413); malformed requests get 400; the connection then closes
 //                  after a short drain (so the client reads the answer instead of a reset)
+//                  A HEAD request is answered as its GET without the body.
 //   dispatch       route() (routes.hpp): an answer now, work on the blocking pool, or a Generation
 //   generation     prepared and submitted on the blocking pool (engine.submit waits for the scheduler), then
 //                  engine events arrive through ChoiceSink -> Gate -> post onto this strand; a stream is written one

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# troupe serve through curl, held to docs/http-contract.md: every endpoint streaming and not, the SSE framing byte
-# for byte (tests/http/sse_check.py), every error status with its JSON shape and "param", the API key (flag and
-# TROUPE_API_KEY) with /health open, CORS, body and header limits, overload (429 + Retry-After), a shard that dies
-# mid-request (503, in-stream error, degraded health), graceful stop with exit 0.
+# troupe serve through curl, held to docs/http-contract.md: every endpoint streaming and not, /v1/models/{id}, HEAD
+# on the GET routes, per-shard /metrics, the SSE framing byte for byte (tests/http/sse_check.py), every error status
+# with its JSON shape and "param", the API key (flag and TROUPE_API_KEY) with /health open, CORS, body and header
+# limits, overload (429 + Retry-After), a shard that dies mid-request (503, in-stream error, degraded health, empty
+# mailboxes), graceful stop with exit 0.
 # Usage: http_curl.sh TROUPE_BINARY SOURCE_DIR
 set -u
 troupe=$(realpath "$1")
@@ -95,6 +96,29 @@ sse() {
     --data-binary "$body" "$@" "$url$path")
   $sse_check "$file" >"$file.sum"
 }
+# head_raw PATH [HEADER...]: HEAD PATH on a raw keep-alive connection, then GET /health on it (Connection: close).
+# Sets $code (the HEAD's status); head.txt has the HEAD's headers, and after.txt what came after them: the GET's
+# response when the HEAD had no body.
+head_raw() {
+  python3 -c '
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+extra = "".join(h + "\r\n" for h in sys.argv[3:])
+s = socket.create_connection((u.hostname, u.port), timeout=30)
+s.sendall(("HEAD %s HTTP/1.1\r\nHost: t\r\n%s\r\nGET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+           % (sys.argv[2], extra)).encode())
+out = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    out += b
+head, _, after = out.partition(b"\r\n\r\n")
+open("head.txt", "wb").write(head + b"\r\n")
+open("after.txt", "wb").write(after)
+print(head.split(b" ")[1].decode() if head.startswith(b"HTTP/") else "none")' "$url" "$@" >head_code.txt
+  code=$(cat head_code.txt)
+}
 j() { jq -e "$@" body.json >/dev/null 2>&1; }        # j FILTER: the last body satisfies it
 jv() { jq -r "$1" "${2:-body.json}" 2>/dev/null; }   # jv FILTER [FILE]: a value, for messages
 s() { jq -e "${@:1:$#-1}" "${!#}.sum" >/dev/null 2>&1; }  # s [JQ ARGS] FILTER FILE: FILE's stream summary satisfies it
@@ -132,6 +156,28 @@ check "/health status $code" test "$code" = 200
 req GET /v1/models
 check "/v1/models: $(cat body.json)" j --arg id "$mid" '.object == "list" and (.data | length == 1) and .data[0].id == $id
   and .data[0].object == "model" and .data[0].owned_by == "troupe" and (.data[0].created | type == "number")'
+cp body.json models.json
+req GET "/v1/models/$mid"
+check "/v1/models/$mid: $code $(cat body.json)" j --argjson m "$(jq -c .data[0] models.json)" '. == $m'
+req GET /v1/models/gpt-4o
+check "/v1/models/gpt-4o" eval 'is_error 404 not_found_error && j ".error.code == \"model_not_found\""'
+req GET /v1/models/
+check "/v1/models/ (no id)" is_error 404 not_found_error
+
+# -- HEAD on every GET route: the GET's status and headers, no body (the next response follows at once) --
+for path in /health /v1/models "/v1/models/$mid" /v1/models/gpt-4o /metrics /v1/nothing; do
+  req GET "$path"
+  get_code=$code get_length=$(stat -c %s body.json) get_type=$(header content-type)
+  head_raw "$path"
+  check "HEAD $path: status $code (GET $get_code), Content-Length $(header content-length) (GET body $get_length)" \
+    eval '[ "$code" = "$get_code" ] && [ "$(header content-type)" = "$get_type" ] &&
+      { [ "$path" = /metrics ] || [ "$(header content-length)" = "$get_length" ]; }'
+  check "HEAD $path: a body was sent, or the connection broke: $(head -c 120 after.txt)" \
+    eval 'head -1 after.txt | grep -q "^HTTP/1.1 200 " && tail -c 15 after.txt | grep -qx "{\"status\":\"ok\"}"'
+done
+head_raw /v1/chat/completions
+check "HEAD on a POST route: $code, Allow $(header allow)" \
+  eval '[ "$code" = 405 ] && [ "$(header allow)" = "POST, OPTIONS" ] && head -1 after.txt | grep -q "^HTTP/1.1 200 "'
 
 # -- chat, not streamed: the shape; the reference text for the streamed run below --
 greedy='"model": "'$mid'", "max_tokens": 12, "temperature": 0'
@@ -373,7 +419,8 @@ wrong_method() {  # METHOD PATH ALLOWED
 }
 wrong_method GET /v1/chat/completions POST
 wrong_method GET /v1/completions POST
-wrong_method DELETE /v1/models GET
+wrong_method DELETE /v1/models 'GET, HEAD'
+wrong_method POST "/v1/models/$mid" 'GET, HEAD'
 wrong_method POST /health GET
 wrong_method PUT /tokenize POST
 
@@ -400,8 +447,8 @@ key=sekrit-key-42
 TROUPE_API_KEY=env-key start b --api-key "$key" --ctx-size 128 --served-model-name tiny --max-n 2 \
   --cors-origin http://good.example --cors-origin http://also.example || { echo "$passes passed, $failures failed"; exit 1; }
 auth=(-H "Authorization: Bearer $key")
-for route in "POST /v1/chat/completions" "POST /v1/completions" "GET /v1/models" "GET /metrics" "POST /tokenize" \
-  "POST /detokenize"; do
+for route in "POST /v1/chat/completions" "POST /v1/completions" "GET /v1/models" "GET /v1/models/tiny" "GET /metrics" \
+  "POST /tokenize" "POST /detokenize"; do
   req ${route% *} ${route#* } -H 'Content-Type: application/json' --data-binary '{}'
   check "$route without a key" is_error 401 authentication_error
 done
@@ -416,6 +463,15 @@ req GET /health
 check "/health needs the key: $code" test "$code" = 200
 req GET /v1/models "${auth[@]}"
 check "served name: $(cat body.json)" j '.data[0].id == "tiny"'
+req GET /v1/models/tiny "${auth[@]}"
+check "/v1/models/tiny under --served-model-name: $code $(cat body.json)" j '.id == "tiny" and .object == "model"'
+req GET "/v1/models/$mid" "${auth[@]}"
+check "/v1/models/<the file's name> under --served-model-name" is_error 404 not_found_error
+req GET /v1/models/tiny
+check "/v1/models/tiny without the key" is_error 401 authentication_error
+head_raw /v1/models/tiny
+check "HEAD /v1/models/tiny without the key: $code, no body" \
+  eval '[ "$code" = 401 ] && head -1 after.txt | grep -q "^HTTP/1.1 200 "'
 post /v1/chat/completions "$(chat '"model": "tiny", "max_tokens": 3')" "${auth[@]}"
 check "chat with the right key and served name: $code $(head -c 300 body.json)" j '.model == "tiny"'
 post /v1/chat/completions "$(chat "\"model\": \"$mid\", \"max_tokens\": 3")" "${auth[@]}"

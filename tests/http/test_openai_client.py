@@ -1,6 +1,6 @@
 """test_openai_client.py TROUPE_BINARY SOURCE_DIR: troupe serve through the official `openai` package.
 
-Chat and completions, streaming and not, models.list; greedy text over HTTP equal to `troupe generate --temp 0`
+Chat and completions, streaming and not, models.list and models.retrieve; greedy text over HTTP equal to `troupe generate --temp 0`
 (the single-sequence reference path) for the same prompt and max tokens; the client's exception classes raised
 where docs/http-contract.md says: BadRequestError (400), NotFoundError (404), AuthenticationError (401),
 RateLimitError (429, with Retry-After).
@@ -48,9 +48,15 @@ def error_body_ok(e, kind):
 with Server(binary, model) as s:
     c = client_for(s)
 
-    with t.section("models.list"):
+    with t.section("models.list, models.retrieve"):
         ids = [m.id for m in c.models.list()]
         t.check(ids == [MODEL_ID], f"models.list: {ids}")
+        m = c.models.retrieve(MODEL_ID)
+        t.check(m.id == MODEL_ID and m.object == "model" and m.owned_by == "troupe" and isinstance(m.created, int),
+                f"models.retrieve: {m}")
+        e = raises(openai.NotFoundError, lambda: c.models.retrieve("gpt-4o"))
+        t.check(e is not None and error_body_ok(e, "not_found_error") and e.body.get("code") == "model_not_found",
+                f"models.retrieve('gpt-4o'): {e and e.body}")
 
     with t.section("chat, reference path"):
         cases = [("What is the capital of France?", None), ("Name a colour.", "You are terse."),
@@ -145,8 +151,11 @@ with Server(binary, model, ["--api-key", "k-123", "--max-running", "1", "--max-w
         e = raises(openai.AuthenticationError, lambda: client_for(s, "wrong").models.list())
         t.check(e is not None and e.status_code == 401 and error_body_ok(e, "authentication_error"),
                 f"a wrong key: {e and e.body}")
+        e = raises(openai.AuthenticationError, lambda: client_for(s, "wrong").models.retrieve(MODEL_ID))
+        t.check(e is not None and e.status_code == 401, f"a wrong key: models.retrieve: {e and e.body}")
         c = client_for(s, "k-123")
         t.check([m.id for m in c.models.list()] == [MODEL_ID], "the right key: models.list")
+        t.check(c.models.retrieve(MODEL_ID).id == MODEL_ID, "the right key: models.retrieve")
 
     with t.section("errors: RateLimitError"):
         long = dict(model=MODEL_ID, prompt="Count:", max_tokens=4000, stream=True, logit_bias=NO_EOG)

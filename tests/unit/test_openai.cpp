@@ -387,6 +387,7 @@ TEST_CASE("openai: error bodies and engine errors as HTTP statuses") {
 TEST_CASE("openai: models, tokens, health bodies") {
   json j = json::parse(format_models("m", 5));
   CHECK(j == json{{"object", "list"}, {"data", {{{"id", "m"}, {"object", "model"}, {"created", 5}, {"owned_by", "troupe"}}}}});
+  CHECK(json::parse(format_model("m", 5)) == j["data"][0]);
   j = json::parse(format_tokens({1, 2}, 8192));
   CHECK(j == json{{"tokens", {1, 2}}, {"count", 2}, {"max_model_len", 8192}});
   CHECK(json::parse(format_detokenized("a\xff"))["prompt"] == "a\xef\xbf\xbd");
@@ -533,6 +534,82 @@ TEST_CASE("openai: a gathered completion with logprobs: text, entries with offse
   CHECK(j["choices"][0]["logprobs"]["text_offset"] == json{0, t.text.size()});
   CHECK(j["choices"][0]["logprobs"]["top_logprobs"][0][t.text].get<double>() == doctest::Approx(-0.5));
   CHECK(j["usage"] == json{{"prompt_tokens", 1}, {"completion_tokens", 2}, {"total_tokens", 3}});
+}
+
+// ---- routes (routes.hpp): decided without sockets; a backend without an engine serves the routes that need none ----
+
+#include "routes.hpp"
+
+namespace {
+
+Action get(ServerState& state, const std::string& method, const std::string& target) {
+  return route(HttpRequest{method, target, "", "", "", ""}, state);
+}
+
+std::string header_of(const HttpResponse& r, const std::string& name) {
+  for (const auto& [k, v] : r.headers) {
+    if (k == name) return v;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("openai: GET /v1/models/{id}: the model object; another id is 404 model_not_found") {
+  ServerState state{ServerOptions{}};
+  auto backend = test_backend(64);
+  backend->model_id = "org/tiny:q4 x";
+  backend->created = 7;
+  CHECK(get(state, "GET", "/v1/models/x").response.status == 503);  // loading
+  state.backend.store(backend.get());
+  Action a = get(state, "GET", "/v1/models/org%2Ftiny%3Aq4%20x");  // as the openai client escapes it
+  CHECK(a.response.status == 200);
+  CHECK(json::parse(a.response.body) ==
+        json{{"id", "org/tiny:q4 x"}, {"object", "model"}, {"created", 7}, {"owned_by", "troupe"}});
+  CHECK(get(state, "GET", "/v1/models/org/tiny:q4 x").response.status == 200);  // unescaped
+  for (const char* target : {"/v1/models/gpt-4o", "/v1/models/org%2Ftiny", "/v1/models/%zz", "/v1/models/%2"}) {
+    CAPTURE(target);
+    a = get(state, "GET", target);
+    CHECK(a.response.status == 404);
+    const json e = json::parse(a.response.body)["error"];
+    CHECK(e["type"] == "not_found_error");
+    CHECK(e["code"] == "model_not_found");
+    CHECK(e["message"].get<std::string>().find("gpt-4o") == std::string::npos);  // the request is not quoted
+  }
+  CHECK(json::parse(get(state, "GET", "/v1/models/").response.body)["error"]["code"] == "not_found");
+  a = get(state, "POST", "/v1/models/org%2Ftiny%3Aq4%20x");
+  CHECK(a.response.status == 405);
+  CHECK(header_of(a.response, "Allow") == "GET, HEAD, OPTIONS");
+}
+
+TEST_CASE("openai: HEAD is taken by every GET route (the session drops the body) and refused on POST routes") {
+  ServerOptions options;
+  options.api_key = "k";
+  ServerState state{options};
+  auto backend = test_backend(64);
+  backend->model_id = "m";
+  state.backend.store(backend.get());
+  auto head = [&](const std::string& target, const std::string& auth = "Bearer k") {
+    return route(HttpRequest{"HEAD", target, "", auth, "", ""}, state);
+  };
+  CHECK(head("/health", "").response.status == 200);
+  CHECK(head("/v1/models").response.status == 200);
+  CHECK(head("/v1/models").response.body ==
+        route(HttpRequest{"GET", "/v1/models", "", "Bearer k", "", ""}, state).response.body);
+  CHECK(head("/v1/models/m").response.status == 200);
+  CHECK(head("/v1/models/n").response.status == 404);
+  CHECK(head("/v1/models", "").response.status == 401);
+  CHECK(head("/metrics").work);  // computed off the io threads, as for GET
+  for (const char* post : {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"}) {
+    CAPTURE(post);
+    Action a = head(post);
+    CHECK(a.response.status == 405);
+    CHECK(header_of(a.response, "Allow") == "POST, OPTIONS");
+  }
+  CHECK(head("/nothing").response.status == 404);
+  Action o = route(HttpRequest{"OPTIONS", "/metrics", "", "", "", ""}, state);
+  CHECK(o.response.status == 204);
+  CHECK(header_of(o.response, "Allow") == "GET, HEAD, OPTIONS");
 }
 
 // ---- the /metrics page (metrics.hpp) ----
