@@ -115,7 +115,8 @@ std::string chunk(const std::string& bytes) {
 }  // namespace
 
 Session::Session(tcp::socket socket, SessionContext& ctx)
-    : stream_(std::move(socket)), ctx_(ctx), ping_timer_(stream_.get_executor()) {
+    : stream_(std::move(socket)), ctx_(ctx), ping_timer_(stream_.get_executor()),
+      read_deadline_(stream_.get_executor()) {
   std::lock_guard lock(ctx_.mutex);
   ++ctx_.n_live;
 }
@@ -173,8 +174,28 @@ void Session::read_header() {
   parser_.emplace();
   parser_->header_limit(static_cast<std::uint32_t>(std::min<size_t>(o.max_header_bytes, UINT32_MAX)));
   parser_->body_limit(o.max_body_bytes);
-  stream_.expires_after(std::chrono::seconds(o.read_timeout_s));  // header and body together
+  start_read_deadline();
   bhttp::async_read_header(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_header, shared_from_this()));
+}
+
+// --read-timeout for the request's header and body together, from its first byte. Not the stream's own timeout: that
+// one closes the socket, and a request that is late gets a 408 first. When it expires the read is cancelled, and
+// its handler (on_read_error) answers.
+void Session::start_read_deadline() {
+  stream_.expires_never();
+  read_timed_out_ = false;
+  read_deadline_.expires_after(std::chrono::seconds(ctx_.state.options.read_timeout_s));
+  read_deadline_.async_wait([self = shared_from_this(), serial = ++read_serial_](beast::error_code ec) {
+    if (ec || serial != self->read_serial_ || self->phase_ != Phase::reading || self->gone_) return;
+    self->read_timed_out_ = true;
+    beast::error_code ignored;
+    self->stream_.socket().cancel(ignored);
+  });
+}
+
+void Session::stop_read_deadline() {
+  ++read_serial_;  // a deadline handler already queued sees it is stale
+  read_deadline_.cancel();
 }
 
 void Session::on_header(beast::error_code ec, size_t) {
@@ -192,6 +213,8 @@ void Session::on_header(beast::error_code ec, size_t) {
 
 void Session::read_body() {
   if (parser_->is_done()) return dispatch();
+  // the deadline fired after the header's read had completed, or during a 100 Continue
+  if (read_timed_out_) return on_read_error(net::error::operation_aborted);
   bhttp::async_read(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_body, shared_from_this()));
 }
 
@@ -201,14 +224,20 @@ void Session::on_body(beast::error_code ec, size_t) {
 }
 
 void Session::on_read_error(beast::error_code ec) {
-  // Gone or too slow (slowloris): close without an answer.
-  if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
-      ec == net::error::operation_aborted || ec == net::error::connection_reset || gone_) {
+  const bool timed_out = read_timed_out_ && ec == net::error::operation_aborted;
+  stop_read_deadline();
+  // Gone, or cancelled by a shutdown: close without an answer.
+  if (gone_ || (!timed_out && (ec == bhttp::error::end_of_stream || ec == net::error::eof ||
+                               ec == beast::error::timeout || ec == net::error::operation_aborted ||
+                               ec == net::error::connection_reset))) {
     return client_gone();
   }
   const ServerOptions& o = ctx_.state.options;
   ApiError e;
-  if (ec == bhttp::error::header_limit) {
+  if (timed_out) {  // too slow (slowloris): 408, then the connection closes
+    e = refused(408, "the request's headers and body did not arrive within " + std::to_string(o.read_timeout_s) +
+                         " s", "request_timeout");
+  } else if (ec == bhttp::error::header_limit) {
     e = refused(431, "the request line and headers are larger than " + std::to_string(o.max_header_bytes) + " bytes",
                 "headers_too_large");
   } else if (ec == bhttp::error::body_limit) {
@@ -229,6 +258,7 @@ void Session::on_read_error(beast::error_code ec) {
 }
 
 void Session::dispatch() {
+  stop_read_deadline();
   phase_ = Phase::handling;
   stream_.expires_never();
   auto msg = parser_->release();
@@ -538,6 +568,7 @@ void Session::client_gone() {
   phase_ = Phase::closing;
   cancel_engine_requests();
   ping_timer_.cancel();
+  read_deadline_.cancel();
   gen_.reset();
   early_.clear();
   stream_.close();

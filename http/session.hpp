@@ -2,9 +2,9 @@
 //
 // A session reads one request at a time (pipelined requests wait in the read buffer and are answered in order),
 // answers it, then reads the next. Every handler runs on the connection's strand and holds shared_from_this().
-//   read_request   idle timeout until the first byte, then --read-timeout for header and body together;
-//                  header and body limits (431, 413); malformed requests get 400; the connection then closes
-//                  after a short drain (so the client reads the answer instead of a reset)
+//   read_request   idle timeout until the first byte (then a silent close), then --read-timeout for header and
+//                  body together (then 408); header and body limits (431, 413); malformed requests get 400; the
+//                  connection then closes after a short drain (so the client reads the answer instead of a reset)
 //                  A HEAD request is answered as its GET without the body.
 //   dispatch       route() (routes.hpp): an answer now, work on the blocking pool, or a Generation
 //   generation     prepared and submitted on the blocking pool (engine.submit waits for the scheduler), then
@@ -87,6 +87,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_body();
   void on_body(beast::error_code ec, size_t n);
   void on_read_error(beast::error_code ec);
+  void start_read_deadline();
+  void stop_read_deadline();
   void dispatch();
 
   // plain answers
@@ -128,6 +130,9 @@ class Session : public std::enable_shared_from_this<Session> {
   SessionContext& ctx_;
   const Backend* backend_ = nullptr;  // set when a generation starts; the server keeps it alive
   net::steady_timer ping_timer_;
+  net::steady_timer read_deadline_;  // --read-timeout of the request being read
+  uint64_t read_serial_ = 0;         // which request the deadline is for
+  bool read_timed_out_ = false;      // the deadline cancelled the read: answer 408
   Phase phase_ = Phase::reading;
 
   // the exchange in progress

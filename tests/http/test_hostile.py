@@ -2,8 +2,9 @@
 
 Malformed, truncated and non-object JSON; huge and fractional numbers; NaN and Infinity; deep nesting (1000 and
 400000 levels); invalid UTF-8 and lone surrogate escapes; bodies and headers over the limits; slowloris on the
-headers and on the body (closed after --read-timeout 2); 200 idle connections while others are answered, and their
-closing; keep-alive closed after --idle-timeout 3; pipelined requests answered in order; malformed request lines;
+headers and on the body, and requests cut short then silent (408 after --read-timeout 2, then closed); 200 idle
+connections while others are answered, and their closing without a byte; keep-alive closed silently after
+--idle-timeout 3; pipelined requests answered in order; malformed request lines;
 SIGTERM while requests stream (exit 0). After each case the server must still answer /health, and no error body
 may carry a host path.
 """
@@ -217,8 +218,27 @@ with Server(binary, model, ["--read-timeout", str(READ_TIMEOUT), "--idle-timeout
         t.check(all(x is not None for x in heads), f"headers trickled a byte per 0.2 s: closed after {heads} s "
                                                    f"(--read-timeout {READ_TIMEOUT})")
         t.check(all(x is not None for x in bodies), f"a body trickled a byte per 0.2 s: closed after {bodies} s")
-        t.check(all(status_of(r[1]) in (None, 408) for r in results),
-                f"a slowloris connection got an answer other than 408: {[r[1][:60] for r in results]}")
+        for k, (_, got) in enumerate(results):  # 408 and the error JSON, then the close
+            rs = read_responses(got)
+            problem = error_shape(rs[0], 408, "invalid_request_error") if len(rs) == 1 else f"{len(rs)} responses"
+            t.check(problem is None and rs[0].headers.get("connection") == "close",
+                    f"slowloris {'headers' if k < 5 else 'body'}: not one 408 with Connection: close: {problem} "
+                    f"{got[:200]!r}")
+        # a request line cut short, then silence: 408 as well, within the read timeout (from the first byte)
+        with s.connect() as sock:
+            sock.sendall(b"GET /health HT")
+            took, got = closed_within(sock, READ_TIMEOUT + MARGIN)
+            rs = read_responses(got)
+            t.check(took is not None and len(rs) == 1 and error_shape(rs[0], 408) is None,
+                    f"a partial request line then silence: closed after {took} s with {got[:200]!r}")
+        # the headers whole, the body half: 408 (and the rest of the body, arriving late, is not a request)
+        with s.connect() as sock:
+            sock.sendall(b"POST /tokenize HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 40\r\n\r\n{\"prompt\": ")
+            took, got = closed_within(sock, READ_TIMEOUT + MARGIN)
+            rs = read_responses(got)
+            t.check(took is not None and len(rs) == 1 and error_shape(rs[0], 408) is None,
+                    f"a body half sent then silence: closed after {took} s with {got[:200]!r}")
         still_healthy(s, "slowloris")
 
     with t.section("200 idle connections"):
@@ -228,18 +248,22 @@ with Server(binary, model, ["--read-timeout", str(READ_TIMEOUT), "--idle-timeout
             r = s.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4}, timeout=30)
             t.check(all(ok) and r.status == 200, f"with 200 idle connections open: health {ok}, completion {r}")
             deadline = time.monotonic() + max(READ_TIMEOUT, IDLE_TIMEOUT) + MARGIN
-            open_ = list(idle)
+            open_, answered = list(idle), []
             while open_ and time.monotonic() < deadline:
                 readable, _, _ = select.select(open_, [], [], 0.2)
                 for sock in readable:
                     try:
-                        if sock.recv(4096):
+                        got = sock.recv(4096)
+                        if got:
+                            answered.append(got)
                             continue
                     except OSError:
                         pass
                     open_.remove(sock)
             t.check(not open_, f"{len(open_)} of 200 silent connections still open "
                                f"{max(READ_TIMEOUT, IDLE_TIMEOUT) + MARGIN} s later")
+            t.check(not answered, f"{len(answered)} connections that sent nothing got bytes before the close "
+                                  f"(a 408 is for a request begun): {answered[:1]!r}")
         finally:
             for sock in idle:
                 sock.close()
@@ -252,7 +276,8 @@ with Server(binary, model, ["--read-timeout", str(READ_TIMEOUT), "--idle-timeout
             sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n")
             took, out = closed_within(sock, IDLE_TIMEOUT + MARGIN)
             statuses = [r.status for r in read_responses(out)]
-            t.check(statuses == [200, 200], f"two requests on one keep-alive connection: {statuses} {out[:200]!r}")
+            t.check(statuses == [200, 200], f"two requests on one keep-alive connection, then the idle timeout "
+                                            f"(a silent close, no 408): {statuses} {out[:200]!r}")
             t.check(took is not None, f"an idle keep-alive connection was still open {IDLE_TIMEOUT + MARGIN} s "
                                       f"later (--idle-timeout {IDLE_TIMEOUT})")
 
