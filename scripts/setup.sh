@@ -22,6 +22,7 @@ apt_packages=(
   libcli11-dev                     # command-line parsing
   clang libclang-rt-14-dev         # libFuzzer targets, sanitizers
   curl jq                          # HTTP tests (tests/cli/http_curl.sh)
+  libbenchmark-dev                 # kernel microbenchmarks (bench/kernels_bench.cpp)
 )
 
 missing=()

@@ -58,13 +58,12 @@ TROUPE_AVX2 inline __m256i unpack_nibbles(const uint8_t* qs) {
 
 // ---- fast path: 8-bit activations, batched ----
 //
-// gemm works on a tile of up to kTile tokens at a time and, for each weight row, in two passes:
-//  1. the integer dot product of every block with every token of the tile: four weight blocks are unpacked into
-//     registers once and multiplied with each token's four activation blocks (maddubs, madd, a reduction of the
-//     four blocks' eight lanes each to one int32 per block), stored to a small table;
-//  2. per token, the exact double terms of kernels.hpp, four blocks (one per double lane) per step:
-//     lanes += isum * (dw * dx) [+ m * s for Q4_1], with fused multiply-adds whose products are exact.
-// The weight row is read once per tile; the activation scales are converted to double once per tile.
+// gemm works on tiles of up to kTile tokens; within a tile, each weight row is multiplied with up to four tokens at
+// a time. Per group of four blocks: the blocks are unpacked into registers once for the four tokens; for each token,
+// maddubs and madd give each block's eight int32 partial sums, a reduction gives the four blocks' integer dot
+// products, and one fused multiply-add per double lane adds isum * (dw * dx) (and, for Q4_1, another adds m * s):
+// lane b % 4 receives block b's exact terms in order of b, as the reference does. The activation scales are converted
+// to double once per tile, the weight scales once per group of four blocks.
 
 constexpr int kTile = 16;
 
@@ -99,91 +98,119 @@ TROUPE_AVX2 inline __m128i reduce4(__m256i v0, __m256i v1, __m256i v2, __m256i v
   return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-TROUPE_AVX2 inline int reduce1(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
+// The weight scales (and Q4_1 offsets) of blocks b .. b+3 as doubles; blocks at or past nb give 0.
+template <typename Block>
+TROUPE_AVX2 inline int scale_bits(const Block& w) {
+  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+    int dm;
+    std::memcpy(&dm, &w.d, 4);  // d, then m
+    return dm;
+  } else {
+    return w.d;
+  }
 }
 
-// Per-thread scratch, grown once to the largest row and tile seen (nothing is allocated per call after that).
-struct GemmScratch {
-  std::vector<int32_t> isum;  // [kTile][nbp] integer block dot products of one row
-  std::vector<double> dx, sx;  // [kTile][nbp] activation scale and scaled sum, as double
-  std::vector<double> dw, mw;  // [nbp] the row's weight scales and offsets
-  void fit(int64_t nbp) {
-    const size_t tile = static_cast<size_t>(kTile) * nbp;
-    if (isum.size() < tile) {
-      isum.assign(tile, 0);
-      dx.assign(tile, 0.0);
-      sx.assign(tile, 0.0);
-      dw.assign(nbp, 0.0);
-      mw.assign(nbp, 0.0);
+template <typename Block>
+TROUPE_AVX2 inline void weight_scales(const Block* w, int64_t b, int64_t nb, __m256d& d, __m256d& m) {
+  const auto bits = [&](int64_t i) { return i < nb ? scale_bits(w[i]) : 0; };
+  // four loads into a register, not through memory: a vector load of four scalar stores stalls store forwarding
+  const __m128i dm = b + 4 <= nb ? _mm_setr_epi32(scale_bits(w[b]), scale_bits(w[b + 1]), scale_bits(w[b + 2]),
+                                                    scale_bits(w[b + 3]))
+                                   : _mm_setr_epi32(bits(b), bits(b + 1), bits(b + 2), bits(b + 3));
+  // the halves, as floats in order [d0, m0, d1, m1, d2, m2, d3, m3], then split into d's and m's
+  const __m256 f = _mm256_cvtph_ps(dm);
+  const __m256 split = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  d = _mm256_cvtps_pd(_mm256_castps256_ps128(split));
+  m = _mm256_cvtps_pd(_mm256_extractf128_ps(split, 1));
+}
+
+// Per-thread activation scales of one tile, grown once to the largest row (nothing is allocated per call after).
+struct TileScales {
+  std::vector<double> dx, sx;  // [kTile][nbp]: each token's block scales and scaled sums; zero past nb
+  void fit(size_t n) {
+    if (dx.size() < n) {
+      dx.assign(n, 0.0);
+      sx.assign(n, 0.0);
     }
   }
 };
 
+// The integer dot products of a group of four unpacked weight blocks (n of them real, the rest adding zeros) with
+// a token's activation blocks x[0..3].
+template <typename Block>
+TROUPE_AVX2 inline __m128i group_isum(const Unpacked* u, int n, const BlockQ8* x) {
+  if (n == 4) {
+    return reduce4(block_lanes<Block>(u[0], x[0]), block_lanes<Block>(u[1], x[1]), block_lanes<Block>(u[2], x[2]),
+                   block_lanes<Block>(u[3], x[3]));
+  }
+  __m256i v[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (int i = 0; i < n; ++i) v[i] = block_lanes<Block>(u[i], x[i]);
+  return reduce4(v[0], v[1], v[2], v[3]);
+}
+
+// out[c] = the dot product of weight row w with token c's activations a[c], for nc tokens (NC of them when NC is
+// small, accumulators in registers; up to kTile when NC == kTile, accumulators in L1). dx and sx hold the tokens'
+// activation scales and scaled sums as double ([c * nbp + b]).
+template <typename Block, int NC>
+TROUPE_AVX2 inline void row_dots(const Block* w, int64_t nb, const BlockQ8* const* a, const double* dx,
+                                 const double* sx, int64_t nbp, double* out, int nc = NC) {
+  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
+  const int n = NC == kTile ? nc : NC;
+  __m256d acc[NC];
+  for (int c = 0; c < n; ++c) acc[c] = _mm256_setzero_pd();
+  const auto add_group = [&](int64_t g, const Unpacked* u, int in_group) TROUPE_AVX2 {
+    __m256d dw, mw;
+    weight_scales(w, g, nb, dw, mw);
+    for (int c = 0; c < n; ++c) {
+      const __m128i isum = group_isum<Block>(u, in_group, a[c] + g);
+      const __m256d scale = _mm256_mul_pd(dw, _mm256_loadu_pd(dx + c * nbp + g));
+      acc[c] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(isum), scale, acc[c]);
+      if constexpr (kOffsets) acc[c] = _mm256_fmadd_pd(mw, _mm256_loadu_pd(sx + c * nbp + g), acc[c]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 4 <= nb; g += 4) {
+    const Unpacked u[4] = {unpack(w[g]), unpack(w[g + 1]), unpack(w[g + 2]), unpack(w[g + 3])};
+    add_group(g, u, 4);
+  }
+  if (g < nb) {  // the last one to three blocks
+    Unpacked u[4];
+    for (int64_t i = 0; g + i < nb; ++i) u[i] = unpack(w[g + i]);
+    add_group(g, u, static_cast<int>(nb - g));
+  }
+  for (int c = 0; c < n; ++c) out[c] = hsum(acc[c]);
+}
+
 template <typename Block>
 TROUPE_AVX2 void gemm_quant(const Matrix& w, const BlockQ8* xq, int n, int64_t r0, int64_t r1, const GemmOut& out) {
-  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
   const int64_t nb = w.cols / kQBlock;
-  const int64_t nb4 = nb & ~int64_t{3};
-  const int64_t nbp = (nb + 3) & ~int64_t{3};  // padded to whole groups of four: the padding holds zeros
-  thread_local GemmScratch s;
-  s.fit(nbp);
-  int32_t* isum = s.isum.data();
-  double* dw = s.dw.data();
-  double* mw = s.mw.data();
+  const int64_t nbp = (nb + 3) & ~int64_t{3};  // padded to whole groups of four
+  thread_local TileScales s;
+  s.fit(static_cast<size_t>(kTile) * nbp);
   for (int t0 = 0; t0 < n; t0 += kTile) {
     const int tc = std::min(kTile, n - t0);
+    const BlockQ8* a[kTile];
     for (int c = 0; c < tc; ++c) {
-      const BlockQ8* a = xq + static_cast<int64_t>(t0 + c) * nb;
-      for (int64_t b = 0; b < nb; ++b) {
-        s.dx[c * nbp + b] = a[b].d;
-        s.sx[c * nbp + b] = a[b].s;
+      a[c] = xq + static_cast<int64_t>(t0 + c) * nb;
+      for (int64_t b = 0; b < nbp; ++b) {
+        s.dx[c * nbp + b] = b < nb ? a[c][b].d : 0.0;
+        s.sx[c * nbp + b] = b < nb ? a[c][b].s : 0.0;
       }
-      for (int64_t b = nb; b < nbp; ++b) s.dx[c * nbp + b] = s.sx[c * nbp + b] = 0.0;
-      for (int64_t b = nb; b < nbp; ++b) isum[c * nbp + b] = 0;
     }
     for (int64_t r = r0; r < r1; ++r) {
       const auto* wr = reinterpret_cast<const Block*>(w.row(r));
-      for (int64_t b = 0; b < nb; ++b) {
-        dw[b] = h2f(wr[b].d);
-        if constexpr (kOffsets) mw[b] = h2f(wr[b].m);
+      double v[kTile];
+      switch (tc) {
+        case 1: row_dots<Block, 1>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 2: row_dots<Block, 2>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 3: row_dots<Block, 3>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 4: row_dots<Block, 4>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        default: row_dots<Block, kTile>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v, tc); break;
       }
-      for (int64_t b = nb; b < nbp; ++b) dw[b] = mw[b] = 0.0;
-      // pass 1: integer block dot products
-      for (int64_t g = 0; g < nb4; g += 4) {
-        const Unpacked u0 = unpack(wr[g]), u1 = unpack(wr[g + 1]), u2 = unpack(wr[g + 2]), u3 = unpack(wr[g + 3]);
-        for (int c = 0; c < tc; ++c) {
-          const BlockQ8* a = xq + static_cast<int64_t>(t0 + c) * nb + g;
-          const __m128i sums = reduce4(block_lanes<Block>(u0, a[0]), block_lanes<Block>(u1, a[1]),
-                                       block_lanes<Block>(u2, a[2]), block_lanes<Block>(u3, a[3]));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(isum + c * nbp + g), sums);
-        }
-      }
-      for (int64_t b = nb4; b < nb; ++b) {
-        const Unpacked u = unpack(wr[b]);
-        for (int c = 0; c < tc; ++c) {
-          isum[c * nbp + b] = reduce1(block_lanes<Block>(u, xq[static_cast<int64_t>(t0 + c) * nb + b]));
-        }
-      }
-      // pass 2: the exact terms in double lanes
       for (int c = 0; c < tc; ++c) {
-        const int32_t* is = isum + c * nbp;
-        const double* dx = s.dx.data() + c * nbp;
-        const double* sx = s.sx.data() + c * nbp;
-        __m256d acc = _mm256_setzero_pd();
-        for (int64_t g = 0; g < nbp; g += 4) {
-          const __m256d scale = _mm256_mul_pd(_mm256_loadu_pd(dw + g), _mm256_loadu_pd(dx + g));
-          const __m256d i = _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(is + g)));
-          acc = _mm256_fmadd_pd(i, scale, acc);
-          if constexpr (kOffsets) acc = _mm256_fmadd_pd(_mm256_loadu_pd(mw + g), _mm256_loadu_pd(sx + g), acc);
-        }
-        const double v = hsum(acc);
         const int64_t at = static_cast<int64_t>(t0 + c) * out.ld + r;
-        if (out.f) out.f[at] = static_cast<float>(v);
-        else out.d[at] = v;
+        if (out.f) out.f[at] = static_cast<float>(v[c]);
+        else out.d[at] = v[c];
       }
     }
   }
