@@ -33,6 +33,7 @@ apt_packages=(
   libcli11-dev                     # command-line parsing
   clang libclang-rt-14-dev         # libFuzzer targets, sanitizers
   curl jq                          # HTTP tests (tests/cli/http_curl.sh)
+  libbenchmark-dev                 # kernel microbenchmarks (bench/kernels_bench.cpp)
 )
 if [ $bench -eq 1 ]; then
   apt_packages+=(clang-16 libomp-16-dev python3-matplotlib time)  # scripts/compare.sh

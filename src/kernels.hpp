@@ -8,11 +8,17 @@
 // Every kernel has a plain scalar version (the reference, namespace ref) that the SIMD versions are tested against;
 // the fastest version the CPU supports is chosen once at start-up (kernels()).
 //
-// Dot products are invariant to column splits. A row is summed in chunks of kChunk elements from its start: within a
-// chunk the kernels accumulate in float (SIMD lanes, as llama.cpp does), and each finished chunk is added to double
-// accumulators, so the only operation across chunks is double addition. A layer split by columns at multiples of
-// kChunk (tensor parallelism) therefore gets, by adding its shards' double partials and rounding once, the same
+// Dot products are invariant to column splits. A quantised row's blocks each give an exact term: the integer dot
+// product of 32 weights with 32 8-bit activations, times the weight scale times the activation scale (both values
+// of fp16 precision, so the product is exact in double), plus for Q4_1 its offset times the activations' sum. The
+// terms add in double, in four lanes (block b into lane b % 4) that are combined as (l0 + l2) + (l1 + l3). Float
+// rows are summed in chunks of kChunk elements from their start: float within a chunk (SIMD lanes), double across
+// chunks. Either way the only operation across kChunk-element chunks is double addition, so a layer split by columns
+// at multiples of kChunk (tensor parallelism) gets, by adding its shards' double partials and rounding once, the same
 // float as the unsplit dot product (up to a double rounding that changes the float with probability ~1e-9).
+//
+// The batched form (gemm) computes the same terms in the same order for several tokens at once, reading each weight
+// block once per tile of tokens: a batch of B tokens costs far less than B single dot products.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +55,14 @@ struct Matrix {
   bool quantized() const { return type == GgmlType::q4_0 || type == GgmlType::q4_1 || type == GgmlType::q8_0; }
 };
 
+// Where a batched kernel puts its results: out at (token t, row r) is f[t * ld + r] (rounded once to float) when f is
+// set, else d[t * ld + r] (the unrounded double).
+struct GemmOut {
+  float* f = nullptr;
+  double* d = nullptr;
+  int64_t ld = 0;
+};
+
 // The dispatched kernel set.
 struct Kernels {
   const char* name;
@@ -57,6 +71,9 @@ struct Kernels {
   // dot product of one weight row (cols values, in w.type) with activations x (f32) / xq (quantised), unrounded:
   // float within each kChunk-element chunk, double across chunks (see above)
   double (*dot)(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq);
+  // rows [r0, r1) of w against n tokens of activations (x: n rows of w.cols floats; xq: n rows of w.cols/32 blocks),
+  // each result the value dot gives; null when the set has none (matmul then calls dot per row and token)
+  void (*gemm)(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0, int64_t r1, const GemmOut& out);
 };
 const Kernels& kernels();            // the fastest for this CPU (TROUPE_KERNELS=scalar forces the reference)
 const Kernels& scalar_kernels();     // the reference
@@ -88,7 +105,33 @@ void rmsnorm(float* out, const float* x, const float* weight, int64_t n, float e
 void rope(float* x, int n_heads, int head_dim, int rope_dim, int pos, float theta_base);
 // out (n) = silu(gate) * up
 void swiglu(float* out, const float* gate, const float* up, int64_t n);
-// x (n) = softmax(x) in place
+// x (n) = softmax(x) in place. exp is computed by expf_poly (below) and the sum in double lanes, identically in the
+// scalar and SIMD versions.
 void softmax(float* x, int64_t n);
+// e^x for x in float's range, to about 1 ulp: 2^k * p(r) with r = x - k ln 2 and p the degree-7 Taylor polynomial,
+// every step a float fused multiply-add (0 below -87.3, so softmax of very distant scores underflows cleanly).
+float expf_poly(float x);
+
+// ---- attention over one head, on rows of a KV cache (fp16 or f32; row j at rows + j * stride) ----
+// scores[j] = scale * (q . k_j) for j < n; each dot product sums head_dim products in 8 float lanes (lane d % 8,
+// fused multiply-adds in order of d) combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+void attn_scores(const float* q, const uint16_t* k, int64_t stride, int n, int head_dim, float scale, float* scores);
+void attn_scores(const float* q, const float* k, int64_t stride, int n, int head_dim, float scale, float* scores);
+// out[d] = fma(p[j], v_j[d], out[d]) for j = 0 .. n-1 in order: a cache read in pieces (paged) accumulates the
+// same as read whole.
+void attn_accumulate(const float* p, const uint16_t* v, int64_t stride, int n, int head_dim, float* out);
+void attn_accumulate(const float* p, const float* v, int64_t stride, int n, int head_dim, float* out);
+
+// The attention steps above as a dispatched set (the functions above call the fastest; tests compare the sets).
+struct AttnKernels {
+  const char* name;
+  void (*softmax)(float* x, int64_t n);
+  void (*scores_f16)(const float* q, const uint16_t* k, int64_t stride, int n, int head_dim, float scale, float* s);
+  void (*scores_f32)(const float* q, const float* k, int64_t stride, int n, int head_dim, float scale, float* s);
+  void (*accumulate_f16)(const float* p, const uint16_t* v, int64_t stride, int n, int head_dim, float* out);
+  void (*accumulate_f32)(const float* p, const float* v, int64_t stride, int n, int head_dim, float* out);
+};
+AttnKernels scalar_attn_kernels();
+const AttnKernels* avx2_attn_kernels();  // nullptr without AVX2/FMA/F16C
 
 }  // namespace troupe

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "fp16.hpp"
 #include "kernels.hpp"
@@ -14,11 +16,24 @@ namespace troupe {
 
 namespace ref {
 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq);
+template <class T>
+void attn_scores(const float* q, const T* k, int64_t stride, int n, int head_dim, float scale, float* scores);
+template <class T>
+void attn_accumulate(const float* p, const T* v, int64_t stride, int n, int head_dim, float* out);
 }
 
 namespace {
 
 #define TROUPE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+template <class T>
+void ref_attn_scores(const float* q, const T* k, int64_t stride, int n, int head_dim, float scale, float* scores) {
+  ref::attn_scores(q, k, stride, n, head_dim, scale, scores);
+}
+template <class T>
+void ref_attn_accumulate(const float* p, const T* v, int64_t stride, int n, int head_dim, float* out) {
+  ref::attn_accumulate(p, v, stride, n, head_dim, out);
+}
 
 // ---- the chunk discipline of kernels.hpp ----
 // A chunk (kChunk elements: two blocks) accumulates in 8 float lanes from zero; flush() adds the lanes' two halves
@@ -41,73 +56,164 @@ TROUPE_AVX2 inline __m256i unpack_nibbles(const uint8_t* qs) {
   return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
 }
 
-// ---- fast path: 8-bit activations ----
+// ---- fast path: 8-bit activations, batched ----
+//
+// gemm works on tiles of up to kTile tokens; within a tile, each weight row is multiplied with up to four tokens at
+// a time. Per group of four blocks: the blocks are unpacked into registers once for the four tokens; for each token,
+// maddubs and madd give each block's eight int32 partial sums, a reduction gives the four blocks' integer dot
+// products, and one fused multiply-add per double lane adds isum * (dw * dx) (and, for Q4_1, another adds m * s):
+// lane b % 4 receives block b's exact terms in order of b, as the reference does. The activation scales are converted
+// to double once per tile, the weight scales once per group of four blocks.
 
-// Sum over 32 lanes of u (unsigned 0..255) * s (signed), as 8 partial sums (int32, converted exactly to float).
-TROUPE_AVX2 inline __m256 dot_u8_s8(__m256i u, __m256i s) {
-  const __m256i p16 = _mm256_maddubs_epi16(u, s);
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
+constexpr int kTile = 16;
 
-// A block's integer dot product with its activations, as 8 partial sums.
-TROUPE_AVX2 inline __m256 int_dot(const BlockQ4_0& w, const BlockQ8& a) {
-  // (q - 8) is signed: use |q - 8| as the unsigned operand and move its sign onto the activation.
+// Weight blocks unpacked for maddubs: u is the unsigned operand; for signed weights (Q4_0, Q8_0), sign carries the
+// weights whose sign moves onto the activations (maddubs(|w|, sign(x, w)) = sum of w * x).
+struct Unpacked {
+  __m256i u;
+  __m256i sign;
+};
+
+TROUPE_AVX2 inline Unpacked unpack(const BlockQ4_0& w) {
   const __m256i q = _mm256_sub_epi8(unpack_nibbles(w.qs), _mm256_set1_epi8(8));
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-  return dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+  return {_mm256_sign_epi8(q, q), q};
 }
-
-TROUPE_AVX2 inline __m256 int_dot(const BlockQ4_1& w, const BlockQ8& a) {
-  return dot_u8_s8(unpack_nibbles(w.qs), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs)));
-}
-
-TROUPE_AVX2 inline __m256 int_dot(const BlockQ8_0& w, const BlockQ8& a) {
+TROUPE_AVX2 inline Unpacked unpack(const BlockQ4_1& w) { return {unpack_nibbles(w.qs), _mm256_setzero_si256()}; }
+TROUPE_AVX2 inline Unpacked unpack(const BlockQ8_0& w) {
   const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs));
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-  return dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+  return {_mm256_sign_epi8(q, q), q};
 }
 
-// A quantised row, two blocks per chunk. Each block adds its integer dot product * (its weight scale * its
-// activation scale) to the chunk's float lanes, as llama.cpp computes it; both scales of a chunk come from one
-// conversion and one multiply, [d0, d1] * [d0', d1']. Q4_1 also adds sum over blocks of m * s (llama.cpp's q4_1 x
-// q8_1): a block's (d, m) and its activations' (d', s) are adjacent, so the same multiply is
-// [d0, m0, d1, m1] * [d0', s0, d1', s1]; each m * s is exact in float (two fp16 values) and the offsets accumulate
-// in double (lanes: even and odd blocks). A trailing odd block is a chunk of its own.
+// The eight int32 partial sums of one block's integer dot product.
 template <typename Block>
-TROUPE_AVX2 double dot_chunks(const Block* w, const BlockQ8* xq, int64_t n_blocks) {
-  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
-  __m256d sums = _mm256_setzero_pd();
-  __m128d offsets = _mm_setzero_pd();
-  int64_t b = 0;
-  for (; b + 2 <= n_blocks; b += 2) {
-    __m256 scale0, scale1;
-    if constexpr (kOffsets) {
-      uint32_t dm0, dm1;
-      std::memcpy(&dm0, &w[b].d, 4);
-      std::memcpy(&dm1, &w[b + 1].d, 4);
-      const __m128i dm = _mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(dm0)), static_cast<int>(dm1), 1);
-      const __m128 ds = _mm_loadh_pi(_mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(&xq[b].d)),
-                                     reinterpret_cast<const __m64*>(&xq[b + 1].d));
-      const __m128 p = _mm_mul_ps(_mm_cvtph_ps(dm), ds);  // [scale0, offset0, scale1, offset1]
-      scale0 = _mm256_broadcastss_ps(p);
-      scale1 = _mm256_broadcastss_ps(_mm_movehl_ps(p, p));
-      offsets = _mm_add_pd(offsets, _mm_cvtps_pd(_mm_shuffle_ps(p, p, _MM_SHUFFLE(3, 1, 3, 1))));
-    } else {
-      const __m128i d = _mm_insert_epi16(_mm_cvtsi32_si128(w[b].d), w[b + 1].d, 1);
-      const __m128 dd = _mm_insert_ps(_mm_load_ss(&xq[b].d), _mm_load_ss(&xq[b + 1].d), 0x10);
-      const __m128 p = _mm_mul_ps(_mm_cvtph_ps(d), dd);  // [scale0, scale1, 0, 0]
-      scale0 = _mm256_broadcastss_ps(p);
-      scale1 = _mm256_broadcastss_ps(_mm_movehdup_ps(p));
+TROUPE_AVX2 inline __m256i block_lanes(const Unpacked& w, const BlockQ8& a) {
+  __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+  if constexpr (!std::is_same_v<Block, BlockQ4_1>) x = _mm256_sign_epi8(x, w.sign);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, x), _mm256_set1_epi16(1));
+}
+
+// [sum of v0, sum of v1, sum of v2, sum of v3] (integer: exact in any order).
+TROUPE_AVX2 inline __m128i reduce4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// The weight scales (and Q4_1 offsets) of blocks b .. b+3 as doubles; blocks at or past nb give 0.
+template <typename Block>
+TROUPE_AVX2 inline int scale_bits(const Block& w) {
+  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+    int dm;
+    std::memcpy(&dm, &w.d, 4);  // d, then m
+    return dm;
+  } else {
+    return w.d;
+  }
+}
+
+template <typename Block>
+TROUPE_AVX2 inline void weight_scales(const Block* w, int64_t b, int64_t nb, __m256d& d, __m256d& m) {
+  const auto bits = [&](int64_t i) { return i < nb ? scale_bits(w[i]) : 0; };
+  // four loads into a register, not through memory: a vector load of four scalar stores stalls store forwarding
+  const __m128i dm = b + 4 <= nb ? _mm_setr_epi32(scale_bits(w[b]), scale_bits(w[b + 1]), scale_bits(w[b + 2]),
+                                                    scale_bits(w[b + 3]))
+                                   : _mm_setr_epi32(bits(b), bits(b + 1), bits(b + 2), bits(b + 3));
+  // the halves, as floats in order [d0, m0, d1, m1, d2, m2, d3, m3], then split into d's and m's
+  const __m256 f = _mm256_cvtph_ps(dm);
+  const __m256 split = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  d = _mm256_cvtps_pd(_mm256_castps256_ps128(split));
+  m = _mm256_cvtps_pd(_mm256_extractf128_ps(split, 1));
+}
+
+// Per-thread activation scales of one tile, grown once to the largest row (nothing is allocated per call after).
+struct TileScales {
+  std::vector<double> dx, sx;  // [kTile][nbp]: each token's block scales and scaled sums; zero past nb
+  void fit(size_t n) {
+    if (dx.size() < n) {
+      dx.assign(n, 0.0);
+      sx.assign(n, 0.0);
     }
-    const __m256 acc = _mm256_mul_ps(int_dot(w[b], xq[b]), scale0);
-    flush(_mm256_fmadd_ps(int_dot(w[b + 1], xq[b + 1]), scale1, acc), sums);
   }
-  double offset = _mm_cvtsd_f64(_mm_add_sd(offsets, _mm_unpackhi_pd(offsets, offsets)));
-  if (b < n_blocks) {
-    flush(_mm256_mul_ps(int_dot(w[b], xq[b]), _mm256_set1_ps(h2f(w[b].d) * xq[b].d)), sums);
-    if constexpr (kOffsets) offset += static_cast<double>(h2f(w[b].m)) * xq[b].s;
+};
+
+// The integer dot products of a group of four unpacked weight blocks (n of them real, the rest adding zeros) with
+// a token's activation blocks x[0..3].
+template <typename Block>
+TROUPE_AVX2 inline __m128i group_isum(const Unpacked* u, int n, const BlockQ8* x) {
+  if (n == 4) {
+    return reduce4(block_lanes<Block>(u[0], x[0]), block_lanes<Block>(u[1], x[1]), block_lanes<Block>(u[2], x[2]),
+                   block_lanes<Block>(u[3], x[3]));
   }
-  return hsum(sums) + offset;
+  __m256i v[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (int i = 0; i < n; ++i) v[i] = block_lanes<Block>(u[i], x[i]);
+  return reduce4(v[0], v[1], v[2], v[3]);
+}
+
+// out[c] = the dot product of weight row w with token c's activations a[c], for nc tokens (NC of them when NC is
+// small, accumulators in registers; up to kTile when NC == kTile, accumulators in L1). dx and sx hold the tokens'
+// activation scales and scaled sums as double ([c * nbp + b]).
+template <typename Block, int NC>
+TROUPE_AVX2 inline void row_dots(const Block* w, int64_t nb, const BlockQ8* const* a, const double* dx,
+                                 const double* sx, int64_t nbp, double* out, int nc = NC) {
+  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
+  const int n = NC == kTile ? nc : NC;
+  __m256d acc[NC];
+  for (int c = 0; c < n; ++c) acc[c] = _mm256_setzero_pd();
+  const auto add_group = [&](int64_t g, const Unpacked* u, int in_group) TROUPE_AVX2 {
+    __m256d dw, mw;
+    weight_scales(w, g, nb, dw, mw);
+    for (int c = 0; c < n; ++c) {
+      const __m128i isum = group_isum<Block>(u, in_group, a[c] + g);
+      const __m256d scale = _mm256_mul_pd(dw, _mm256_loadu_pd(dx + c * nbp + g));
+      acc[c] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(isum), scale, acc[c]);
+      if constexpr (kOffsets) acc[c] = _mm256_fmadd_pd(mw, _mm256_loadu_pd(sx + c * nbp + g), acc[c]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 4 <= nb; g += 4) {
+    const Unpacked u[4] = {unpack(w[g]), unpack(w[g + 1]), unpack(w[g + 2]), unpack(w[g + 3])};
+    add_group(g, u, 4);
+  }
+  if (g < nb) {  // the last one to three blocks
+    Unpacked u[4];
+    for (int64_t i = 0; g + i < nb; ++i) u[i] = unpack(w[g + i]);
+    add_group(g, u, static_cast<int>(nb - g));
+  }
+  for (int c = 0; c < n; ++c) out[c] = hsum(acc[c]);
+}
+
+template <typename Block>
+TROUPE_AVX2 void gemm_quant(const Matrix& w, const BlockQ8* xq, int n, int64_t r0, int64_t r1, const GemmOut& out) {
+  const int64_t nb = w.cols / kQBlock;
+  const int64_t nbp = (nb + 3) & ~int64_t{3};  // padded to whole groups of four
+  thread_local TileScales s;
+  s.fit(static_cast<size_t>(kTile) * nbp);
+  for (int t0 = 0; t0 < n; t0 += kTile) {
+    const int tc = std::min(kTile, n - t0);
+    const BlockQ8* a[kTile];
+    for (int c = 0; c < tc; ++c) {
+      a[c] = xq + static_cast<int64_t>(t0 + c) * nb;
+      for (int64_t b = 0; b < nbp; ++b) {
+        s.dx[c * nbp + b] = b < nb ? a[c][b].d : 0.0;
+        s.sx[c * nbp + b] = b < nb ? a[c][b].s : 0.0;
+      }
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* wr = reinterpret_cast<const Block*>(w.row(r));
+      double v[kTile];
+      switch (tc) {
+        case 1: row_dots<Block, 1>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 2: row_dots<Block, 2>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 3: row_dots<Block, 3>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        case 4: row_dots<Block, 4>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
+        default: row_dots<Block, kTile>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v, tc); break;
+      }
+      for (int c = 0; c < tc; ++c) {
+        const int64_t at = static_cast<int64_t>(t0 + c) * out.ld + r;
+        if (out.f) out.f[at] = static_cast<float>(v[c]);
+        else out.d[at] = v[c];
+      }
+    }
+  }
 }
 
 // ---- float weights (both paths) ----
@@ -224,18 +330,42 @@ TROUPE_AVX2 double exact_chunks(const Block* w, const float* x, int64_t n_blocks
 
 // ---- dispatch on the weight type ----
 
-TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+// Float weights: one dot product per row and token.
+TROUPE_AVX2 double dot_float_row(const Matrix& w, int64_t r, const float* x) {
   const uint8_t* row = w.row(r);
-  const int64_t nb = w.cols / kQBlock;
   switch (w.type) {
-    case GgmlType::q4_0: return dot_chunks(reinterpret_cast<const BlockQ4_0*>(row), xq, nb);
-    case GgmlType::q4_1: return dot_chunks(reinterpret_cast<const BlockQ4_1*>(row), xq, nb);
-    case GgmlType::q8_0: return dot_chunks(reinterpret_cast<const BlockQ8_0*>(row), xq, nb);
     case GgmlType::f32: return dot_floats(reinterpret_cast<const float*>(row), x, w.cols);
     case GgmlType::f16: return dot_floats(reinterpret_cast<const uint16_t*>(row), x, w.cols);
-    case GgmlType::bf16: return ref::dot(w, r, x, xq);
+    default: return ref::dot(w, r, x, nullptr);
   }
-  return 0;
+}
+
+TROUPE_AVX2 void gemm(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0, int64_t r1,
+                      const GemmOut& out) {
+  switch (w.type) {
+    case GgmlType::q4_0: return gemm_quant<BlockQ4_0>(w, xq, n, r0, r1, out);
+    case GgmlType::q4_1: return gemm_quant<BlockQ4_1>(w, xq, n, r0, r1, out);
+    case GgmlType::q8_0: return gemm_quant<BlockQ8_0>(w, xq, n, r0, r1, out);
+    default: break;
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int t = 0; t < n; ++t) {
+      const double v = dot_float_row(w, r, x + t * w.cols);
+      if (out.f) out.f[t * out.ld + r] = static_cast<float>(v);
+      else out.d[t * out.ld + r] = v;
+    }
+  }
+}
+
+// One row and one token: the batched kernel with a batch of one, so both give the same value.
+TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  if (!w.quantized()) return dot_float_row(w, r, x);
+  double v = 0;
+  Matrix one = w;
+  one.data = w.row(r);
+  one.rows = 1;
+  gemm(one, x, xq, 1, 0, 1, GemmOut{nullptr, &v, 1});
+  return v;
 }
 
 TROUPE_AVX2 double exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
@@ -249,10 +379,123 @@ TROUPE_AVX2 double exact_dot(const Matrix& w, int64_t r, const float* x, const B
   }
 }
 
+// ---- attention and softmax: the same arithmetic as the references in kernels.cpp, lane for lane ----
+
+TROUPE_AVX2 inline __m256 load8k(const uint16_t* p) { return load8(p); }
+TROUPE_AVX2 inline __m256 load8k(const float* p) { return _mm256_loadu_ps(p); }
+
+TROUPE_AVX2 inline __m256 expf_poly8(__m256 x) {
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693145752f), x);
+  r = _mm256_fmadd_ps(k, _mm256_set1_ps(-1.42860677e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  // k is clamped only for the exponent arithmetic; out-of-range x are replaced below
+  const __m256i ki = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(k, _mm256_set1_ps(-126)), _mm256_set1_ps(128)));
+  const __m256i k1 = _mm256_srai_epi32(ki, 1), k2 = _mm256_sub_epi32(ki, k1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 two1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+  const __m256 two2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k2, bias), 23));
+  __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, two1), two2);
+  e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ));
+  return _mm256_blendv_ps(e, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.7f), _CMP_GT_OQ));
+}
+
+TROUPE_AVX2 void softmax8(float* x, int64_t n) {
+  const int64_t n8 = n & ~int64_t{7};
+  __m256 vmax = _mm256_set1_ps(x[0]);
+  for (int64_t j = 0; j < n8; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + j));
+  alignas(32) float m8[8];
+  _mm256_store_ps(m8, vmax);
+  float max = x[0];
+  for (float m : m8) max = std::fmax(max, m);
+  for (int64_t j = n8; j < n; ++j) max = std::fmax(max, x[j]);
+  const __m256 vm = _mm256_set1_ps(max);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  for (int64_t j = 0; j < n8; j += 8) {
+    const __m256 e = expf_poly8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+    _mm256_storeu_ps(x + j, e);
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[8];
+  _mm256_store_pd(lanes, lo);
+  _mm256_store_pd(lanes + 4, hi);
+  for (int64_t j = n8; j < n; ++j) {
+    x[j] = expf_poly(x[j] - max);
+    lanes[j & 7] += x[j];
+  }
+  const double sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  for (int64_t j = 0; j < n8; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+  for (int64_t j = n8; j < n; ++j) x[j] *= static_cast<float>(1.0 / sum);
+}
+
+template <class T>
+TROUPE_AVX2 inline __m256 qk_lanes(const float* q, const T* k, int head_dim) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int d = 0; d < head_dim; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8k(k + d), acc);
+  return acc;
+}
+
+template <class T>
+TROUPE_AVX2 void attn_scores(const float* q, const T* k, int64_t stride, int n, int head_dim, float scale,
+                             float* scores) {
+  if (head_dim % 8 != 0) return ref_attn_scores(q, k, stride, n, head_dim, scale, scores);
+  const __m256 vs = _mm256_set1_ps(scale);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = qk_lanes(q, k + (j + i) * stride, head_dim);
+    const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum, vs));
+  }
+  for (; j < n; ++j) {
+    const __m256 v = qk_lanes(q, k + j * stride, head_dim);
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v, v), _mm256_hadd_ps(v, v));
+    scores[j] = _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))) * scale;
+  }
+}
+
+template <class T>
+TROUPE_AVX2 void attn_accumulate(const float* p, const T* v, int64_t stride, int n, int head_dim, float* out) {
+  if (head_dim % 8 != 0) return ref_attn_accumulate(p, v, stride, n, head_dim, out);
+  for (int c0 = 0; c0 < head_dim; c0 += 64) {
+    const int nr = std::min(64, head_dim - c0) / 8;
+    if (nr == 8) {
+      __m256 acc[8];
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
+      for (int j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(p[j]);
+        const T* vj = v + j * stride + c0;
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(pj, load8k(vj + 8 * i), acc[i]);
+      }
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+    } else {
+      for (int j = 0; j < n; ++j) {
+        const __m256 pj = _mm256_set1_ps(p[j]);
+        const T* vj = v + j * stride + c0;
+        for (int i = 0; i < nr; ++i) {
+          _mm256_storeu_ps(out + c0 + 8 * i, _mm256_fmadd_ps(pj, load8k(vj + 8 * i), _mm256_loadu_ps(out + c0 + 8 * i)));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const Kernels* avx2_exact_kernels() {
-  static const Kernels k{"avx2-exact", nullptr, exact_dot};
+  static const Kernels k{"avx2-exact", nullptr, exact_dot, nullptr};
   return avx2_kernels() ? &k : nullptr;
 }
 
@@ -271,9 +514,15 @@ static bool cpu_has_avx2_fma_f16c() {
 }
 
 const Kernels* avx2_kernels() {
-  static const Kernels k{"avx2", quantize_q8, dot};
+  static const Kernels k{"avx2", quantize_q8, dot, gemm};
   static const bool ok = cpu_has_avx2_fma_f16c();
   return ok ? &k : nullptr;
+}
+
+const AttnKernels* avx2_attn_kernels() {
+  static const AttnKernels k{"avx2", softmax8, attn_scores<uint16_t>, attn_scores<float>, attn_accumulate<uint16_t>,
+                             attn_accumulate<float>};
+  return avx2_kernels() ? &k : nullptr;
 }
 
 }  // namespace troupe

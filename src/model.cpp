@@ -191,9 +191,6 @@ static const BlockQ8* prepare_input(const Kernels& k, const Matrix& w, const flo
 
 namespace {
 
-inline float load(uint16_t h) { return fp16_to_f32(h); }
-inline float load(float f) { return f; }
-
 // Causal grouped-query attention of n new tokens at positions pos0.. over one layer's cache rows (T: stored type).
 //   q (n, n_head * head_dim) -> out (n, n_head * head_dim); scores (pos0 + n) scratch
 template <class T>
@@ -208,19 +205,10 @@ void attend(const ModelConfig& c, const float* q_all, const T* k_rows, const T* 
       const float* q = q_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
       const int kv_off = (h / group) * c.head_dim;
       float* out = out_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
-      for (int j = 0; j < n_past; ++j) {
-        const T* kj = k_rows + static_cast<size_t>(j) * kv_dim + kv_off;
-        float s = 0;
-        for (int d = 0; d < c.head_dim; ++d) s += q[d] * load(kj[d]);
-        scores[j] = s * scale;
-      }
+      attn_scores(q, k_rows + kv_off, kv_dim, n_past, c.head_dim, scale, scores);
       softmax(scores, n_past);
       std::fill(out, out + c.head_dim, 0.0f);
-      for (int j = 0; j < n_past; ++j) {
-        const T* vj = v_rows + static_cast<size_t>(j) * kv_dim + kv_off;
-        const float p = scores[j];
-        for (int d = 0; d < c.head_dim; ++d) out[d] += p * load(vj[d]);
-      }
+      attn_accumulate(scores, v_rows + kv_off, kv_dim, n_past, c.head_dim, out);
     }
   }
 }

@@ -112,9 +112,6 @@ const BlockQ8* prepare_input(const Kernels& k, const Matrix& w, const float* x, 
   return xq;
 }
 
-inline float load(uint16_t h) { return fp16_to_f32(h); }
-inline float load(float f) { return f; }
-
 // Causal attention of one sequence's tokens over the pool, for the shard's heads; the same arithmetic, in the same
 // order, as Forward's attend(), with positions looked up through the block table.
 template <class T>
@@ -131,18 +128,16 @@ void attend_paged(const ModelConfig& c, const PagedKvPool& pool, int il_local, c
       const float* q = q_all + static_cast<size_t>(s.first + t) * q_dim + h * c.head_dim;
       const int kv_off = (h / group) * c.head_dim;
       float* out = out_all + static_cast<size_t>(s.first + t) * q_dim + h * c.head_dim;
-      for (int j = 0; j < n_past; ++j) {
-        const T* kj = pool.k<T>(il_local, s.block_table[j / bs]) + static_cast<size_t>(j % bs) * kv_dim + kv_off;
-        float sum = 0;
-        for (int d = 0; d < c.head_dim; ++d) sum += q[d] * load(kj[d]);
-        scores[j] = sum * scale;
+      // block by block: each score stands alone, and the values accumulate in order of position either way
+      for (int j0 = 0; j0 < n_past; j0 += bs) {
+        const T* kb = pool.k<T>(il_local, s.block_table[j0 / bs]) + kv_off;
+        attn_scores(q, kb, kv_dim, std::min(bs, n_past - j0), c.head_dim, scale, scores + j0);
       }
       softmax(scores, n_past);
       std::fill(out, out + c.head_dim, 0.0f);
-      for (int j = 0; j < n_past; ++j) {
-        const T* vj = pool.v<T>(il_local, s.block_table[j / bs]) + static_cast<size_t>(j % bs) * kv_dim + kv_off;
-        const float p = scores[j];
-        for (int d = 0; d < c.head_dim; ++d) out[d] += p * load(vj[d]);
+      for (int j0 = 0; j0 < n_past; j0 += bs) {
+        const T* vb = pool.v<T>(il_local, s.block_table[j0 / bs]) + kv_off;
+        attn_accumulate(scores + j0, vb, kv_dim, std::min(bs, n_past - j0), c.head_dim, out);
       }
     }
   }

@@ -145,7 +145,11 @@ TEST_CASE("kernels: SIMD dot products match the scalar reference for every type"
       for (int r = 0; r < 5; ++r) {
         const double a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
         const double b = simd->dot(w.m, r, x.data(), xq.data());
-        // Only the order of float additions differs: bound the error by the magnitude of the terms.
+        if (w.m.quantized()) {
+          REQUIRE(a == b);  // the same exact block terms, added in the same double lanes
+          continue;
+        }
+        // Float rows: only the order of float additions differs; bound the error by the magnitude of the terms.
         dequantize_row(w.m, r, row.data());
         double magnitude = 0;
         for (int64_t j = 0; j < cols; ++j) magnitude += std::fabs(row[j] * x[j]);
@@ -170,6 +174,41 @@ TEST_CASE("kernels: matmul over a batch equals one dot product per token and row
         CHECK(y[t * 7 + r] == -1.0f);  // rows outside the range are untouched
       } else {
         CHECK(y[t * 7 + r] == static_cast<float>(kernels().dot(w.m, r, &x[t * 128], &xq[t * 4])));
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels: the batched kernel gives each row and token exactly its dot product, for any batch and row") {
+  std::mt19937 rng(9);
+  for (const Kernels* k : all_kernel_sets()) {
+    CAPTURE(k->name);
+    for (GgmlType type : kAllTypes) {
+      CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+      for (int64_t cols : {32, 96, 576, 608}) {  // 1, 3, 18 and 19 blocks: whole and partial groups of four
+        CAPTURE(cols);
+        const int rows = 6;
+        RandomMatrix w(type, rows, cols, rng);
+        for (int n : {1, 3, 16, 17, 40}) {  // within, at and across tiles of tokens
+          CAPTURE(n);
+          auto x = random_vector(n * cols, rng);
+          std::vector<BlockQ8> xq(n * cols / kQBlock);
+          const bool quantised_acts = k->quantize_q8 != nullptr;
+          if (quantised_acts) k->quantize_q8(x.data(), xq.data(), n * cols);
+          const BlockQ8* xqp = quantised_acts ? xq.data() : nullptr;
+          std::vector<float> y(n * rows, -1.0f);
+          std::vector<double> yd(n * rows, -1.0);
+          matmul(w.m, x.data(), xqp, y.data(), n, 1, rows, *k);
+          matmul_partial(w.m, x.data(), xqp, yd.data(), n, 1, rows, *k);
+          for (int t = 0; t < n; ++t) {
+            CHECK(y[t * rows] == -1.0f);  // row 0 is outside the range: untouched
+            for (int r = 1; r < rows; ++r) {
+              const double want = k->dot(w.m, r, &x[t * cols], quantised_acts ? &xq[t * cols / kQBlock] : nullptr);
+              REQUIRE(yd[t * rows + r] == want);
+              REQUIRE(y[t * rows + r] == static_cast<float>(want));
+            }
+          }
+        }
       }
     }
   }
@@ -326,5 +365,73 @@ TEST_CASE("kernels: matmul_partial over column shards, added in double and round
     int n_equal = 0;
     for (size_t i = 0; i < sum.size(); ++i) n_equal += static_cast<float>(sum[i]) == want[i];
     CHECK(n_equal == static_cast<int>(sum.size()));
+  }
+}
+
+TEST_CASE("kernels: expf_poly is within 2 ulp of exp over softmax's range and underflows to 0") {
+  int worst = 0;
+  for (float x = -87.0f; x <= 10.0f; x += 0.0137f) {
+    const float want = static_cast<float>(std::exp(static_cast<double>(x)));
+    const int ulps = std::abs(static_cast<int>(f32_to_bits(expf_poly(x))) - static_cast<int>(f32_to_bits(want)));
+    worst = std::max(worst, ulps);
+  }
+  MESSAGE("expf_poly: worst error " << worst << " ulp");
+  CHECK(worst <= 2);
+  CHECK(expf_poly(0.0f) == 1.0f);
+  CHECK(expf_poly(-100.0f) == 0.0f);
+  CHECK(expf_poly(-1e30f) == 0.0f);
+}
+
+TEST_CASE("kernels: SIMD attention steps and softmax equal the scalar references bit for bit") {
+  const AttnKernels* simd = avx2_attn_kernels();
+  if (!simd) return;
+  const AttnKernels ref = scalar_attn_kernels();
+  std::mt19937 rng(10);
+  for (int head_dim : {64, 128, 40, 12}) {  // 12: not a multiple of 8, the SIMD set falls back to the reference
+    CAPTURE(head_dim);
+    for (int n : {1, 7, 8, 33, 200}) {
+      CAPTURE(n);
+      const int64_t stride = 3 * head_dim + 8;  // rows of a cache holding several heads
+      auto q = random_vector(head_dim, rng, 1.0f);
+      auto kf = random_vector(n * stride, rng, 1.0f);
+      std::vector<uint16_t> kh(kf.size());
+      for (size_t i = 0; i < kf.size(); ++i) kh[i] = f32_to_fp16(kf[i]);
+      std::vector<float> a(n), b(n);
+      ref.scores_f16(q.data(), kh.data(), stride, n, head_dim, 0.125f, a.data());
+      simd->scores_f16(q.data(), kh.data(), stride, n, head_dim, 0.125f, b.data());
+      REQUIRE(a == b);
+      ref.scores_f32(q.data(), kf.data(), stride, n, head_dim, 0.125f, a.data());
+      simd->scores_f32(q.data(), kf.data(), stride, n, head_dim, 0.125f, b.data());
+      REQUIRE(a == b);
+      // against a double-precision dot product
+      for (int j = 0; j < n; ++j) {
+        double want = 0, mag = 0;
+        for (int d = 0; d < head_dim; ++d) {
+          want += static_cast<double>(q[d]) * kf[j * stride + d];
+          mag += std::fabs(q[d] * kf[j * stride + d]);
+        }
+        REQUIRE(std::fabs(a[j] - 0.125 * want) <= 1e-6 * mag + 1e-7);
+      }
+      auto sa = a, sb = a;
+      ref.softmax(sa.data(), n);
+      simd->softmax(sb.data(), n);
+      REQUIRE(sa == sb);
+      double total = 0;
+      for (float p : sa) total += p;
+      CHECK(total == doctest::Approx(1.0).epsilon(1e-5));
+      std::vector<float> oa(head_dim, 0.5f), ob(head_dim, 0.5f);
+      ref.accumulate_f16(sa.data(), kh.data(), stride, n, head_dim, oa.data());
+      simd->accumulate_f16(sa.data(), kh.data(), stride, n, head_dim, ob.data());
+      REQUIRE(oa == ob);
+      // in pieces (as the paged cache is read) the same as whole
+      std::vector<float> oc(head_dim, 0.5f);
+      for (int j0 = 0; j0 < n; j0 += 16) {
+        simd->accumulate_f16(sa.data() + j0, kh.data() + j0 * stride, stride, std::min(16, n - j0), head_dim, oc.data());
+      }
+      REQUIRE(oc == ob);
+      ref.accumulate_f32(sa.data(), kf.data(), stride, n, head_dim, oa.data());
+      simd->accumulate_f32(sa.data(), kf.data(), stride, n, head_dim, ob.data());
+      REQUIRE(oa == ob);
+    }
   }
 }
