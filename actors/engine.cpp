@@ -18,7 +18,7 @@ std::string Plan::describe() const {
          " precision=" + (precision == Precision::exact ? "exact" : "fast") + " kv_blocks=" + std::to_string(kv_blocks) +
          "x" + std::to_string(block_size) + " max_running=" + std::to_string(max_running) +
          " max_batched_tokens=" + std::to_string(max_batched_tokens) + " max_waiting=" + std::to_string(max_waiting) +
-         " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads);
+         " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads) + " team=" + std::to_string(team);
 }
 
 Plan auto_plan(const ModelConfig& config, int cores) {

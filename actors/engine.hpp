@@ -37,6 +37,7 @@ struct Plan {
   int max_waiting = 256;         // queued requests per replica before "overloaded"
   int max_context = 0;           // 0: the model's training context
   int threads = 0;               // CAF scheduler threads; 0: the number of cores
+  int team = 1;                  // threads per shard (and per stage, for the logits), splitting each step's matmuls
 
   std::string describe() const;  // "tp=2 pp=1 replicas=1 ..." for the start-up log
 };

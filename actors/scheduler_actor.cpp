@@ -124,7 +124,7 @@ void spawn_pipeline(SchedulerActor* self) {
     auto shards = split_stage(c, (*layers)[s].first, (*layers)[s].second, plan.tp);
     StageInit si{st.init.model, *shards, s, s == 0, s == plan.pp - 1, plan.precision,
                  plan.max_batched_tokens, st.init.n_blocks, plan.block_size, downstream,
-                 caf::actor_cast<caf::actor>(self), st.init.metrics, st.init.replica};
+                 caf::actor_cast<caf::actor>(self), st.init.metrics, st.init.replica, plan.team};
     st.stages[s] = spawn_stage(self, std::move(si));
     self->monitor(st.stages[s]);
     downstream = st.stages[s];

@@ -20,6 +20,7 @@ namespace troupe {
 namespace {
 
 struct ShardState {
+  std::unique_ptr<ThreadTeam> team;  // before the worker, which uses it: destroyed after it
   std::unique_ptr<ShardWorker> worker;
   caf::actor stage;
   int group = 0;
@@ -81,6 +82,10 @@ caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
   });
   st.worker = std::make_unique<ShardWorker>(init.model, init.spec, init.precision, init.max_tokens, init.n_blocks,
                                             init.block_size);
+  if (init.team > 1) {
+    st.team = std::make_unique<ThreadTeam>(init.team);
+    st.worker->set_team(st.team.get());
+  }
   return {
       [=](attn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
         took_message(self);

@@ -23,6 +23,7 @@ struct Pending {
 
 struct StageState {
   StageInit init;
+  std::unique_ptr<ThreadTeam> team;  // for the logits; before compute, which uses it
   std::unique_ptr<StageCompute> compute;
   std::shared_ptr<std::vector<caf::actor>> shard_list = std::make_shared<std::vector<caf::actor>>();
   std::vector<caf::actor>& shards = *shard_list;
@@ -119,10 +120,14 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   auto& st = self->state;
   st.init = std::move(init);
   st.compute = std::make_unique<StageCompute>(st.init.model, st.init.precision, st.init.max_tokens);
+  if (st.init.team > 1 && st.init.last) {
+    st.team = std::make_unique<ThreadTeam>(st.init.team);
+    st.compute->set_team(st.team.get());
+  }
   auto spawn_group = [self](int g) {
     auto& s = self->state;
     ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
-                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g]};
+                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g], s.init.team};
     caf::actor a = spawn_shard(self, std::move(si), caf::actor_cast<caf::actor>(self));
     self->monitor(a);
     return a;

@@ -30,6 +30,7 @@ struct ShardInit {
   std::shared_ptr<Metrics> metrics;
   bool detached = false;  // its own thread (when the stage has several shards to run in parallel)
   ShardCounters* counters = nullptr;  // its slot in `metrics` (which keeps it alive): messages taken, step time
+  int team = 1;                       // threads splitting its matmuls and attention heads (ThreadTeam)
 };
 
 struct StageInit {
@@ -45,6 +46,7 @@ struct StageInit {
   caf::actor scheduler;   // where failures are reported
   std::shared_ptr<Metrics> metrics;
   int replica = 0;        // with `stage`, where its shards' counters are in `metrics`
+  int team = 1;           // threads per shard, and for the stage's logits
 };
 
 caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);

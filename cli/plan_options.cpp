@@ -49,6 +49,8 @@ const Setting kSettings[] = {
      &Plan::max_context, 0, 1 << 24},
     {"threads", "--threads", "TROUPE_THREADS", "N", "actor scheduler threads; 0: one per core", &Plan::threads, 0,
      4096},
+    {"team", "--team", "TROUPE_TEAM", "N",
+     "threads per shard (and for the logits), splitting each matmul's rows and attention's heads", &Plan::team, 1, 256},
 };
 
 // The plan being built, plus whether tp is still to be chosen by auto_plan.

@@ -191,24 +191,27 @@ static const BlockQ8* prepare_input(const Kernels& k, const Matrix& w, const flo
 
 namespace {
 
-// Causal grouped-query attention of n new tokens at positions pos0.. over one layer's cache rows (T: stored type).
-//   q (n, n_head * head_dim) -> out (n, n_head * head_dim); scores (pos0 + n) scratch
+// Causal grouped-query attention of n new tokens at positions pos0.. over one layer's cache rows (T: stored type),
+// for query heads [h0, h1).
+//   q (n, n_head * head_dim) -> out (n, n_head * head_dim)
 template <class T>
-void attend(const ModelConfig& c, const float* q_all, const T* k_rows, const T* v_rows, int n, int pos0,
-            float* scores, float* out_all) {
+void attend(const ModelConfig& c, const float* q_all, const T* k_rows, const T* v_rows, int n, int pos0, int h0,
+            int h1, float* out_all) {
   const int group = c.n_head / c.n_head_kv;
   const int kv_dim = c.kv_dim();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  thread_local std::vector<float> scores;  // one head's scores; grows once to the longest context seen
+  if (scores.size() < static_cast<size_t>(pos0 + n)) scores.resize(pos0 + n);
   for (int t = 0; t < n; ++t) {
     const int n_past = pos0 + t + 1;  // this token sees positions 0 .. pos0 + t
-    for (int h = 0; h < c.n_head; ++h) {
+    for (int h = h0; h < h1; ++h) {
       const float* q = q_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
       const int kv_off = (h / group) * c.head_dim;
       float* out = out_all + static_cast<size_t>(t) * c.q_dim() + h * c.head_dim;
-      attn_scores(q, k_rows + kv_off, kv_dim, n_past, c.head_dim, scale, scores);
-      softmax(scores, n_past);
+      attn_scores(q, k_rows + kv_off, kv_dim, n_past, c.head_dim, scale, scores.data());
+      softmax(scores.data(), n_past);
       std::fill(out, out + c.head_dim, 0.0f);
-      attn_accumulate(scores, v_rows + kv_off, kv_dim, n_past, c.head_dim, out);
+      attn_accumulate(scores.data(), v_rows + kv_off, kv_dim, n_past, c.head_dim, out);
     }
   }
 }
@@ -217,11 +220,13 @@ void attend(const ModelConfig& c, const float* q_all, const T* k_rows, const T* 
 
 void Forward::attention(int il, int n, int pos0, const KvCache& cache) {
   const ModelConfig& c = model_->config();
-  if (cache.type() == KvType::f16) {
-    attend(c, q_.data(), cache.k<uint16_t>(il), cache.v<uint16_t>(il), n, pos0, scores_.data(), xb_.data());
-  } else {
-    attend(c, q_.data(), cache.k<float>(il), cache.v<float>(il), n, pos0, scores_.data(), xb_.data());
-  }
+  parallel(team_, c.n_head, [&](int64_t h0, int64_t h1) {
+    if (cache.type() == KvType::f16) {
+      attend(c, q_.data(), cache.k<uint16_t>(il), cache.v<uint16_t>(il), n, pos0, h0, h1, xb_.data());
+    } else {
+      attend(c, q_.data(), cache.k<float>(il), cache.v<float>(il), n, pos0, h0, h1, xb_.data());
+    }
+  });
 }
 
 void Forward::layer_forward(int il, int n, int pos0, KvCache& cache) {
@@ -232,9 +237,9 @@ void Forward::layer_forward(int il, int n, int pos0, KvCache& cache) {
   // attention norm, then Q, K, V from one quantised input
   for (int t = 0; t < n; ++t) rmsnorm(&xb_[t * c.n_embd], &x_[t * c.n_embd], L.attn_norm.data(), c.n_embd, c.rms_eps);
   const BlockQ8* xq = prepare_input(k, L.wq, xb_.data(), n, xq_.data());
-  matmul(L.wq, xb_.data(), xq, q_.data(), n, 0, L.wq.rows, k);
-  matmul(L.wk, xb_.data(), xq, k_.data(), n, 0, L.wk.rows, k);
-  matmul(L.wv, xb_.data(), xq, v_.data(), n, 0, L.wv.rows, k);
+  team_matmul(team_, L.wq, xb_.data(), xq, q_.data(), n, k);
+  team_matmul(team_, L.wk, xb_.data(), xq, k_.data(), n, k);
+  team_matmul(team_, L.wv, xb_.data(), xq, v_.data(), n, k);
 
   // RoPE on Q and K, then K and V into the cache
   for (int t = 0; t < n; ++t) {
@@ -246,17 +251,17 @@ void Forward::layer_forward(int il, int n, int pos0, KvCache& cache) {
   // grouped-query attention over the cache, output projection, residual
   attention(il, n, pos0, cache);
   xq = prepare_input(k, L.wo, xb_.data(), n, xq_.data());
-  matmul(L.wo, xb_.data(), xq, gate_.data(), n, 0, L.wo.rows, k);
+  team_matmul(team_, L.wo, xb_.data(), xq, gate_.data(), n, k);
   for (size_t j = 0; j < static_cast<size_t>(n) * c.n_embd; ++j) x_[j] += gate_[j];
 
   // FFN norm, SwiGLU, down projection, residual
   for (int t = 0; t < n; ++t) rmsnorm(&xb_[t * c.n_embd], &x_[t * c.n_embd], L.ffn_norm.data(), c.n_embd, c.rms_eps);
   xq = prepare_input(k, L.w_gate, xb_.data(), n, xq_.data());
-  matmul(L.w_gate, xb_.data(), xq, gate_.data(), n, 0, L.w_gate.rows, k);
-  matmul(L.w_up, xb_.data(), xq, up_.data(), n, 0, L.w_up.rows, k);
+  team_matmul(team_, L.w_gate, xb_.data(), xq, gate_.data(), n, k);
+  team_matmul(team_, L.w_up, xb_.data(), xq, up_.data(), n, k);
   swiglu(gate_.data(), gate_.data(), up_.data(), static_cast<int64_t>(n) * c.n_ff);
   xq = prepare_input(k, L.w_down, gate_.data(), n, xq_.data());
-  matmul(L.w_down, gate_.data(), xq, up_.data(), n, 0, L.w_down.rows, k);
+  team_matmul(team_, L.w_down, gate_.data(), xq, up_.data(), n, k);
   for (size_t j = 0; j < static_cast<size_t>(n) * c.n_embd; ++j) x_[j] += up_[j];
 }
 
@@ -275,7 +280,6 @@ Expected<const float*> Forward::run(const TokenId* tokens, int n, int pos0, KvCa
       return Error{ErrorKind::invalid_argument, "token id " + std::to_string(tokens[t]) + " is outside the vocabulary"};
     }
   }
-  if (scores_.size() < static_cast<size_t>(cache.n_ctx())) scores_.resize(cache.n_ctx());  // once per context size
 
   // token embeddings
   for (int t = 0; t < n; ++t) dequantize_row(model_->token_embd(), tokens[t], &x_[t * c.n_embd]);
@@ -288,7 +292,7 @@ Expected<const float*> Forward::run(const TokenId* tokens, int n, int pos0, KvCa
     rmsnorm(&xb_[t * c.n_embd], &x_[(first + t) * c.n_embd], model_->output_norm().data(), c.n_embd, c.rms_eps);
   }
   const BlockQ8* xq = prepare_input(kernels_, model_->output(), xb_.data(), n_out, xq_.data());
-  matmul(model_->output(), xb_.data(), xq, logits_.data(), n_out, 0, c.n_vocab, kernels_);
+  team_matmul(team_, model_->output(), xb_.data(), xq, logits_.data(), n_out, kernels_);
   return static_cast<const float*>(logits_.data());
 }
 

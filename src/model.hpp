@@ -13,6 +13,7 @@
 #include "gguf.hpp"
 #include "kernels.hpp"
 #include "kv_cache.hpp"
+#include "thread_team.hpp"
 
 namespace troupe {
 
@@ -87,6 +88,9 @@ class Forward {
   int max_tokens() const { return max_tokens_; }
   Precision precision() const { return precision_; }
   KvCache make_cache(int n_ctx) const;  // a cache of the type this precision uses
+  // Splits matmuls and attention over a thread team from now on (null: the calling thread alone). The results do not
+  // depend on it. The team must outlive its use here.
+  void set_team(ThreadTeam* team) { team_ = team; }
 
  private:
   void layer_forward(int il, int n, int pos0, KvCache& cache);
@@ -95,6 +99,7 @@ class Forward {
   std::shared_ptr<const Model> model_;
   Precision precision_;
   const Kernels& kernels_;
+  ThreadTeam* team_ = nullptr;
   int max_tokens_;
   std::vector<float> x_;       // (max_tokens, n_embd) residual stream
   std::vector<float> xb_;      // (max_tokens, max(n_embd, q_dim)) normed input / attention output
@@ -104,7 +109,6 @@ class Forward {
   std::vector<float> v_;       // (max_tokens, kv_dim)
   std::vector<float> gate_;    // (max_tokens, n_ff)
   std::vector<float> up_;      // (max_tokens, n_ff)
-  std::vector<float> scores_;  // (n_ctx) attention scores of one head, grown with the cache
   std::vector<float> logits_;  // (max_tokens, n_vocab)
 };
 

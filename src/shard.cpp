@@ -112,32 +112,34 @@ const BlockQ8* prepare_input(const Kernels& k, const Matrix& w, const float* x, 
   return xq;
 }
 
-// Causal attention of one sequence's tokens over the pool, for the shard's heads; the same arithmetic, in the same
-// order, as Forward's attend(), with positions looked up through the block table.
+// Causal attention of one sequence's tokens over the pool, for the shard's query heads [h0, h1); the same
+// arithmetic, in the same order, as Forward's attend(), with positions looked up through the block table.
 template <class T>
 void attend_paged(const ModelConfig& c, const PagedKvPool& pool, int il_local, const StepLayout::Seq& s, int n_head,
-                  int n_head_kv, const float* q_all, float* scores, float* out_all) {
+                  int n_head_kv, int h0, int h1, const float* q_all, float* out_all) {
   const int group = c.n_head / c.n_head_kv;
   const int q_dim = n_head * c.head_dim;
   const int kv_dim = n_head_kv * c.head_dim;
   const int bs = pool.block_size();
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  thread_local std::vector<float> scores;  // one head's scores; grows once to the longest context seen
+  if (scores.size() < static_cast<size_t>(s.pos0 + s.n)) scores.resize(s.pos0 + s.n);
   for (int t = 0; t < s.n; ++t) {
     const int n_past = s.pos0 + t + 1;
-    for (int h = 0; h < n_head; ++h) {
+    for (int h = h0; h < h1; ++h) {
       const float* q = q_all + static_cast<size_t>(s.first + t) * q_dim + h * c.head_dim;
       const int kv_off = (h / group) * c.head_dim;
       float* out = out_all + static_cast<size_t>(s.first + t) * q_dim + h * c.head_dim;
       // block by block: each score stands alone, and the values accumulate in order of position either way
       for (int j0 = 0; j0 < n_past; j0 += bs) {
         const T* kb = pool.k<T>(il_local, s.block_table[j0 / bs]) + kv_off;
-        attn_scores(q, kb, kv_dim, std::min(bs, n_past - j0), c.head_dim, scale, scores + j0);
+        attn_scores(q, kb, kv_dim, std::min(bs, n_past - j0), c.head_dim, scale, scores.data() + j0);
       }
-      softmax(scores, n_past);
+      softmax(scores.data(), n_past);
       std::fill(out, out + c.head_dim, 0.0f);
       for (int j0 = 0; j0 < n_past; j0 += bs) {
         const T* vb = pool.v<T>(il_local, s.block_table[j0 / bs]) + kv_off;
-        attn_accumulate(scores + j0, vb, kv_dim, std::min(bs, n_past - j0), c.head_dim, out);
+        attn_accumulate(scores.data() + j0, vb, kv_dim, std::min(bs, n_past - j0), c.head_dim, out);
       }
     }
   }
@@ -210,12 +212,11 @@ Expected<void> ShardWorker::attention(int il, const StepLayout& step, const floa
     }
     max_past = std::max(max_past, s.pos0 + s.n);
   }
-  if (scores_.size() < static_cast<size_t>(max_past)) scores_.resize(max_past);
 
   const BlockQ8* xq = prepare_input(kernels_, L.wq, xn, n, xq_.data());
-  matmul(L.wq, xn, xq, q_.data(), n, 0, L.wq.rows, kernels_);
-  matmul(L.wk, xn, xq, k_.data(), n, 0, L.wk.rows, kernels_);
-  matmul(L.wv, xn, xq, v_.data(), n, 0, L.wv.rows, kernels_);
+  team_matmul(team_, L.wq, xn, xq, q_.data(), n, kernels_);
+  team_matmul(team_, L.wk, xn, xq, k_.data(), n, kernels_);
+  team_matmul(team_, L.wv, xn, xq, v_.data(), n, kernels_);
   for (const auto& s : step.seqs) {
     for (int t = s.first; t < s.first + s.n; ++t) {
       const int pos = s.pos0 + t - s.first;
@@ -225,15 +226,17 @@ Expected<void> ShardWorker::attention(int il, const StepLayout& step, const floa
                   &v_[static_cast<size_t>(t) * kv_dim]);
     }
   }
-  for (const auto& s : step.seqs) {
-    if (pool_.type() == KvType::f16) {
-      attend_paged<uint16_t>(c, pool_, il_local, s, n_head_, n_head_kv_, q_.data(), scores_.data(), attn_.data());
-    } else {
-      attend_paged<float>(c, pool_, il_local, s, n_head_, n_head_kv_, q_.data(), scores_.data(), attn_.data());
+  parallel(team_, n_head_, [&](int64_t h0, int64_t h1) {
+    for (const auto& s : step.seqs) {
+      if (pool_.type() == KvType::f16) {
+        attend_paged<uint16_t>(c, pool_, il_local, s, n_head_, n_head_kv_, h0, h1, q_.data(), attn_.data());
+      } else {
+        attend_paged<float>(c, pool_, il_local, s, n_head_, n_head_kv_, h0, h1, q_.data(), attn_.data());
+      }
     }
-  }
+  });
   xq = prepare_input(kernels_, L.wo, attn_.data(), n, xq_.data());
-  matmul_partial(L.wo, attn_.data(), xq, out, n, 0, L.wo.rows, kernels_);
+  team_matmul_partial(team_, L.wo, attn_.data(), xq, out, n, kernels_);
   return {};
 }
 
@@ -244,11 +247,11 @@ Expected<void> ShardWorker::ffn(int il, int n, const float* xn, double* out) {
   const Layer& L = layers_[il - spec_.layer_begin];
   const int n_ff = spec_.ff_end - spec_.ff_begin;
   const BlockQ8* xq = prepare_input(kernels_, L.w_gate, xn, n, xq_.data());
-  matmul(L.w_gate, xn, xq, gate_.data(), n, 0, L.w_gate.rows, kernels_);
-  matmul(L.w_up, xn, xq, up_.data(), n, 0, L.w_up.rows, kernels_);
+  team_matmul(team_, L.w_gate, xn, xq, gate_.data(), n, kernels_);
+  team_matmul(team_, L.w_up, xn, xq, up_.data(), n, kernels_);
   swiglu(gate_.data(), gate_.data(), up_.data(), static_cast<int64_t>(n) * n_ff);
   xq = prepare_input(kernels_, L.w_down, gate_.data(), n, xq_.data());
-  matmul_partial(L.w_down, gate_.data(), xq, out, n, 0, L.w_down.rows, kernels_);
+  team_matmul_partial(team_, L.w_down, gate_.data(), xq, out, n, kernels_);
   return {};
 }
 
@@ -291,7 +294,7 @@ void StageCompute::logits(const float* x, const std::vector<int>& rows, float* o
             model_->output_norm().data(), c.n_embd, c.rms_eps);
   }
   const BlockQ8* xq = prepare_input(kernels_, model_->output(), xn_.data(), n, xq_.data());
-  matmul(model_->output(), xn_.data(), xq, out, n, 0, c.n_vocab, kernels_);
+  team_matmul(team_, model_->output(), xn_.data(), xq, out, n, kernels_);
 }
 
 }  // namespace troupe

@@ -91,6 +91,9 @@ class ShardWorker {
 
   const ShardSpec& spec() const { return spec_; }
   const PagedKvPool& pool() const { return pool_; }
+  // Splits this shard's matmuls and attention heads over a thread team (null: the calling thread alone); the
+  // results do not depend on it. The team must outlive its use here.
+  void set_team(ThreadTeam* team) { team_ = team; }
 
   // Attention of layer il (a global layer index in the stage) for a step: xn (n_tokens, n_embd) is the normed
   // residual; out (n_tokens, n_embd) receives this shard's part of the output projection, unrounded (see
@@ -109,7 +112,8 @@ class ShardWorker {
   std::vector<Layer> layers_;
   PagedKvPool pool_;
   std::vector<BlockQ8> xq_;
-  std::vector<float> q_, k_, v_, attn_, gate_, up_, scores_;
+  std::vector<float> q_, k_, v_, attn_, gate_, up_;
+  ThreadTeam* team_ = nullptr;
 };
 
 // The stage's own part: token embeddings (first stage), norms, adding partials to the residual stream, and the
@@ -125,12 +129,14 @@ class StageCompute {
   void add_partials(float* x, int n, const std::vector<const double*>& partials) const;
   // logits (rows.size(), n_vocab) of the residual rows listed
   void logits(const float* x, const std::vector<int>& rows, float* out);
+  void set_team(ThreadTeam* team) { team_ = team; }  // for the logits, as ShardWorker::set_team
 
  private:
   std::shared_ptr<const Model> model_;
   const Kernels& kernels_;
   std::vector<float> xn_;
   std::vector<BlockQ8> xq_;
+  ThreadTeam* team_ = nullptr;
 };
 
 }  // namespace troupe

@@ -145,7 +145,7 @@ EngineStats idle_stats(Engine& e) {
 
 }  // namespace
 
-TEST_CASE("engine: every plan (tp 1-3 x pp 1-3 x replicas 1-2) gives the reference path's greedy tokens") {
+TEST_CASE("engine: every plan (tp 1-3 x pp 1-3 x replicas 1-2, teams of 1 and 2) gives the reference path's greedy tokens") {
   const int n_gen = 16;
   const auto prompts = fidelity_prompts();
   std::vector<std::vector<TokenId>> expected;
@@ -155,6 +155,7 @@ TEST_CASE("engine: every plan (tp 1-3 x pp 1-3 x replicas 1-2) gives the referen
       for (int r = 1; r <= 2; ++r) {
         Plan plan;
         plan.tp = tp, plan.pp = pp, plan.replicas = r;
+        plan.team = tp == pp ? 2 : 1;  // thread teams in the diagonal plans
         plan.max_running = 32, plan.max_batched_tokens = 512, plan.max_context = 512;
         auto engine = start(plan);
         // Prefill dominates the run time on a CPU: the two long prompts (~300 tokens) run in the plain head-group
@@ -175,7 +176,7 @@ TEST_CASE("engine: every plan (tp 1-3 x pp 1-3 x replicas 1-2) gives the referen
           REQUIRE_FALSE(sinks[i]->error.has_value());
           equal += sinks[i]->tokens == expected[picked[i]];
         }
-        INFO("tp=" << tp << " pp=" << pp << " replicas=" << r);
+        INFO("tp=" << tp << " pp=" << pp << " replicas=" << r << " team=" << plan.team);
         CHECK(equal == static_cast<int>(picked.size()));
         CHECK(idle_stats(*engine).blocks_used == 0);
       }
