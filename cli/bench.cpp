@@ -206,7 +206,8 @@ class EngineRunner {
 // ---- output ----
 
 std::string short_plan(const Plan& p) {
-  return "tp=" + std::to_string(p.tp) + " pp=" + std::to_string(p.pp) + " replicas=" + std::to_string(p.replicas);
+  return "tp=" + std::to_string(p.tp) + " pp=" + std::to_string(p.pp) + " replicas=" + std::to_string(p.replicas) +
+         (p.team > 1 ? " team=" + std::to_string(p.team) : "");
 }
 
 std::string model_name(const std::string& path) {
@@ -368,10 +369,10 @@ int run_bench(BenchOptions o) {
       continue;
     }
     // What runs is what is reported: threads 0 (one per core) made explicit; tp fitted to the threads when -t
-    // chose them and --tp did not (as --tp auto on a machine of that many cores).
+    // chose them and --tp did not (as --tp auto on a machine of that many cores, each shard's team counted).
     if (plan->threads <= 0) plan->threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (threads > 0 && !o.plan.flags.count("tp")) {
-      plan->tp = auto_plan(c, std::max(1, threads / (plan->pp * plan->replicas))).tp;
+      plan->tp = auto_plan(c, std::max(1, threads / (plan->pp * plan->replicas * plan->team))).tp;
     }
     // The longest prompt in one scheduler step, as llama-bench's pp runs in one batch (unless a flag says otherwise).
     if (!o.plan.flags.count("max_batched_tokens")) {
