@@ -166,6 +166,8 @@ const Kernels& kernels() {
   static const Kernels* chosen = [] {
     const char* force = std::getenv("TROUPE_KERNELS");
     if (force && std::strcmp(force, "scalar") == 0) return &scalar_kernels();
+    const bool no_vnni = force && std::strcmp(force, "avx2") == 0;
+    if (const Kernels* k = avx2_vnni_kernels(); k && !no_vnni) return k;
     if (const Kernels* k = avx2_kernels()) return k;
     return &scalar_kernels();
   }();

@@ -25,6 +25,7 @@ void attn_accumulate(const float* p, const T* v, int64_t stride, int n, int head
 namespace {
 
 #define TROUPE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TROUPE_GEMM_VNNI_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
 
 template <class T>
 void ref_attn_scores(const float* q, const T* k, int64_t stride, int n, int head_dim, float scale, float* scores) {
@@ -56,165 +57,27 @@ TROUPE_AVX2 inline __m256i unpack_nibbles(const uint8_t* qs) {
   return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
 }
 
-// ---- fast path: 8-bit activations, batched ----
-//
-// gemm works on tiles of up to kTile tokens; within a tile, each weight row is multiplied with up to four tokens at
-// a time. Per group of four blocks: the blocks are unpacked into registers once for the four tokens; for each token,
-// maddubs and madd give each block's eight int32 partial sums, a reduction gives the four blocks' integer dot
-// products, and one fused multiply-add per double lane adds isum * (dw * dx) (and, for Q4_1, another adds m * s):
-// lane b % 4 receives block b's exact terms in order of b, as the reference does. The activation scales are converted
-// to double once per tile, the weight scales once per group of four blocks.
+// ---- fast path: 8-bit activations, batched (gemm_q8.inc, built twice: AVX2, and AVX2 with AVX-VNNI) ----
 
-constexpr int kTile = 16;
-
-// Weight blocks unpacked for maddubs: u is the unsigned operand; for signed weights (Q4_0, Q8_0), sign carries the
-// weights whose sign moves onto the activations (maddubs(|w|, sign(x, w)) = sum of w * x).
-struct Unpacked {
-  __m256i u;
-  __m256i sign;
-};
-
-TROUPE_AVX2 inline Unpacked unpack(const BlockQ4_0& w) {
-  const __m256i q = _mm256_sub_epi8(unpack_nibbles(w.qs), _mm256_set1_epi8(8));
-  return {_mm256_sign_epi8(q, q), q};
+#define TROUPE_GEMM TROUPE_AVX2
+#define TROUPE_GEMM_INLINE TROUPE_AVX2 inline __attribute__((always_inline))
+#define TROUPE_GEMM_VNNI 0
+namespace q8_avx2 {
+#include "gemm_q8.inc"
 }
-TROUPE_AVX2 inline Unpacked unpack(const BlockQ4_1& w) { return {unpack_nibbles(w.qs), _mm256_setzero_si256()}; }
-TROUPE_AVX2 inline Unpacked unpack(const BlockQ8_0& w) {
-  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs));
-  return {_mm256_sign_epi8(q, q), q};
-}
+#undef TROUPE_GEMM
+#undef TROUPE_GEMM_INLINE
+#undef TROUPE_GEMM_VNNI
 
-// The eight int32 partial sums of one block's integer dot product.
-template <typename Block>
-TROUPE_AVX2 inline __m256i block_lanes(const Unpacked& w, const BlockQ8& a) {
-  __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-  if constexpr (!std::is_same_v<Block, BlockQ4_1>) x = _mm256_sign_epi8(x, w.sign);
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(w.u, x), _mm256_set1_epi16(1));
+#define TROUPE_GEMM TROUPE_GEMM_VNNI_TARGET
+#define TROUPE_GEMM_INLINE TROUPE_GEMM_VNNI_TARGET inline __attribute__((always_inline))
+#define TROUPE_GEMM_VNNI 1
+namespace q8_vnni {
+#include "gemm_q8.inc"
 }
-
-// [sum of v0, sum of v1, sum of v2, sum of v3] (integer: exact in any order).
-TROUPE_AVX2 inline __m128i reduce4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-// The weight scales (and Q4_1 offsets) of blocks b .. b+3 as doubles; blocks at or past nb give 0.
-template <typename Block>
-TROUPE_AVX2 inline int scale_bits(const Block& w) {
-  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
-    int dm;
-    std::memcpy(&dm, &w.d, 4);  // d, then m
-    return dm;
-  } else {
-    return w.d;
-  }
-}
-
-template <typename Block>
-TROUPE_AVX2 inline void weight_scales(const Block* w, int64_t b, int64_t nb, __m256d& d, __m256d& m) {
-  const auto bits = [&](int64_t i) { return i < nb ? scale_bits(w[i]) : 0; };
-  // four loads into a register, not through memory: a vector load of four scalar stores stalls store forwarding
-  const __m128i dm = b + 4 <= nb ? _mm_setr_epi32(scale_bits(w[b]), scale_bits(w[b + 1]), scale_bits(w[b + 2]),
-                                                    scale_bits(w[b + 3]))
-                                   : _mm_setr_epi32(bits(b), bits(b + 1), bits(b + 2), bits(b + 3));
-  // the halves, as floats in order [d0, m0, d1, m1, d2, m2, d3, m3], then split into d's and m's
-  const __m256 f = _mm256_cvtph_ps(dm);
-  const __m256 split = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
-  d = _mm256_cvtps_pd(_mm256_castps256_ps128(split));
-  m = _mm256_cvtps_pd(_mm256_extractf128_ps(split, 1));
-}
-
-// Per-thread activation scales of one tile, grown once to the largest row (nothing is allocated per call after).
-struct TileScales {
-  std::vector<double> dx, sx;  // [kTile][nbp]: each token's block scales and scaled sums; zero past nb
-  void fit(size_t n) {
-    if (dx.size() < n) {
-      dx.assign(n, 0.0);
-      sx.assign(n, 0.0);
-    }
-  }
-};
-
-// The integer dot products of a group of four unpacked weight blocks (n of them real, the rest adding zeros) with
-// a token's activation blocks x[0..3].
-template <typename Block>
-TROUPE_AVX2 inline __m128i group_isum(const Unpacked* u, int n, const BlockQ8* x) {
-  if (n == 4) {
-    return reduce4(block_lanes<Block>(u[0], x[0]), block_lanes<Block>(u[1], x[1]), block_lanes<Block>(u[2], x[2]),
-                   block_lanes<Block>(u[3], x[3]));
-  }
-  __m256i v[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-  for (int i = 0; i < n; ++i) v[i] = block_lanes<Block>(u[i], x[i]);
-  return reduce4(v[0], v[1], v[2], v[3]);
-}
-
-// out[c] = the dot product of weight row w with token c's activations a[c], for nc tokens (NC of them when NC is
-// small, accumulators in registers; up to kTile when NC == kTile, accumulators in L1). dx and sx hold the tokens'
-// activation scales and scaled sums as double ([c * nbp + b]).
-template <typename Block, int NC>
-TROUPE_AVX2 inline void row_dots(const Block* w, int64_t nb, const BlockQ8* const* a, const double* dx,
-                                 const double* sx, int64_t nbp, double* out, int nc = NC) {
-  constexpr bool kOffsets = std::is_same_v<Block, BlockQ4_1>;
-  const int n = NC == kTile ? nc : NC;
-  __m256d acc[NC];
-  for (int c = 0; c < n; ++c) acc[c] = _mm256_setzero_pd();
-  const auto add_group = [&](int64_t g, const Unpacked* u, int in_group) TROUPE_AVX2 {
-    __m256d dw, mw;
-    weight_scales(w, g, nb, dw, mw);
-    for (int c = 0; c < n; ++c) {
-      const __m128i isum = group_isum<Block>(u, in_group, a[c] + g);
-      const __m256d scale = _mm256_mul_pd(dw, _mm256_loadu_pd(dx + c * nbp + g));
-      acc[c] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(isum), scale, acc[c]);
-      if constexpr (kOffsets) acc[c] = _mm256_fmadd_pd(mw, _mm256_loadu_pd(sx + c * nbp + g), acc[c]);
-    }
-  };
-  int64_t g = 0;
-  for (; g + 4 <= nb; g += 4) {
-    const Unpacked u[4] = {unpack(w[g]), unpack(w[g + 1]), unpack(w[g + 2]), unpack(w[g + 3])};
-    add_group(g, u, 4);
-  }
-  if (g < nb) {  // the last one to three blocks
-    Unpacked u[4];
-    for (int64_t i = 0; g + i < nb; ++i) u[i] = unpack(w[g + i]);
-    add_group(g, u, static_cast<int>(nb - g));
-  }
-  for (int c = 0; c < n; ++c) out[c] = hsum(acc[c]);
-}
-
-template <typename Block>
-TROUPE_AVX2 void gemm_quant(const Matrix& w, const BlockQ8* xq, int n, int64_t r0, int64_t r1, const GemmOut& out) {
-  const int64_t nb = w.cols / kQBlock;
-  const int64_t nbp = (nb + 3) & ~int64_t{3};  // padded to whole groups of four
-  thread_local TileScales s;
-  s.fit(static_cast<size_t>(kTile) * nbp);
-  for (int t0 = 0; t0 < n; t0 += kTile) {
-    const int tc = std::min(kTile, n - t0);
-    const BlockQ8* a[kTile];
-    for (int c = 0; c < tc; ++c) {
-      a[c] = xq + static_cast<int64_t>(t0 + c) * nb;
-      for (int64_t b = 0; b < nbp; ++b) {
-        s.dx[c * nbp + b] = b < nb ? a[c][b].d : 0.0;
-        s.sx[c * nbp + b] = b < nb ? a[c][b].s : 0.0;
-      }
-    }
-    for (int64_t r = r0; r < r1; ++r) {
-      const auto* wr = reinterpret_cast<const Block*>(w.row(r));
-      double v[kTile];
-      switch (tc) {
-        case 1: row_dots<Block, 1>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
-        case 2: row_dots<Block, 2>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
-        case 3: row_dots<Block, 3>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
-        case 4: row_dots<Block, 4>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v); break;
-        default: row_dots<Block, kTile>(wr, nb, a, s.dx.data(), s.sx.data(), nbp, v, tc); break;
-      }
-      for (int c = 0; c < tc; ++c) {
-        const int64_t at = static_cast<int64_t>(t0 + c) * out.ld + r;
-        if (out.f) out.f[at] = static_cast<float>(v[c]);
-        else out.d[at] = v[c];
-      }
-    }
-  }
-}
+#undef TROUPE_GEMM
+#undef TROUPE_GEMM_INLINE
+#undef TROUPE_GEMM_VNNI
 
 // ---- float weights (both paths) ----
 
@@ -340,14 +203,7 @@ TROUPE_AVX2 double dot_float_row(const Matrix& w, int64_t r, const float* x) {
   }
 }
 
-TROUPE_AVX2 void gemm(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0, int64_t r1,
-                      const GemmOut& out) {
-  switch (w.type) {
-    case GgmlType::q4_0: return gemm_quant<BlockQ4_0>(w, xq, n, r0, r1, out);
-    case GgmlType::q4_1: return gemm_quant<BlockQ4_1>(w, xq, n, r0, r1, out);
-    case GgmlType::q8_0: return gemm_quant<BlockQ8_0>(w, xq, n, r0, r1, out);
-    default: break;
-  }
+TROUPE_AVX2 void gemm_floats(const Matrix& w, const float* x, int n, int64_t r0, int64_t r1, const GemmOut& out) {
   for (int64_t r = r0; r < r1; ++r) {
     for (int t = 0; t < n; ++t) {
       const double v = dot_float_row(w, r, x + t * w.cols);
@@ -357,15 +213,33 @@ TROUPE_AVX2 void gemm(const Matrix& w, const float* x, const BlockQ8* xq, int n,
   }
 }
 
+TROUPE_AVX2 void gemm(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0, int64_t r1,
+                      const GemmOut& out) {
+  if (w.quantized()) q8_avx2::gemm_quantized(w, xq, n, r0, r1, out);
+  else gemm_floats(w, x, n, r0, r1, out);
+}
+
+TROUPE_GEMM_VNNI_TARGET void gemm_vnni(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0,
+                                       int64_t r1, const GemmOut& out) {
+  if (w.quantized()) q8_vnni::gemm_quantized(w, xq, n, r0, r1, out);
+  else gemm_floats(w, x, n, r0, r1, out);
+}
+
 // One row and one token: the batched kernel with a batch of one, so both give the same value.
-TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+template <auto Gemm>
+TROUPE_AVX2 double dot_via(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   if (!w.quantized()) return dot_float_row(w, r, x);
   double v = 0;
   Matrix one = w;
   one.data = w.row(r);
   one.rows = 1;
-  gemm(one, x, xq, 1, 0, 1, GemmOut{nullptr, &v, 1});
+  Gemm(one, x, xq, 1, 0, 1, GemmOut{nullptr, &v, 1});
   return v;
+}
+
+TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) { return dot_via<gemm>(w, r, x, xq); }
+TROUPE_AVX2 double dot_vnni(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  return dot_via<gemm_vnni>(w, r, x, xq);
 }
 
 TROUPE_AVX2 double exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
@@ -516,6 +390,19 @@ static bool cpu_has_avx2_fma_f16c() {
 const Kernels* avx2_kernels() {
   static const Kernels k{"avx2", quantize_q8, dot, gemm};
   static const bool ok = cpu_has_avx2_fma_f16c();
+  return ok ? &k : nullptr;
+}
+
+// AVX-VNNI (VEX-encoded dpbusd): CPUID leaf 7, subleaf 1, EAX bit 4.
+static bool cpu_has_avx_vnni() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return a & (1u << 4);
+}
+
+const Kernels* avx2_vnni_kernels() {
+  static const Kernels k{"avx2-vnni", quantize_q8, dot_vnni, gemm_vnni};
+  static const bool ok = avx2_kernels() && cpu_has_avx_vnni();
   return ok ? &k : nullptr;
 }
 

@@ -68,6 +68,7 @@ Matrix column_slice(const Matrix& w, int64_t c0, int64_t c1) {
 std::vector<const Kernels*> all_kernel_sets() {
   std::vector<const Kernels*> sets{&scalar_kernels(), &scalar_exact_kernels()};
   if (const Kernels* k = avx2_kernels()) sets.push_back(k);
+  if (const Kernels* k = avx2_vnni_kernels()) sets.push_back(k);
   if (const Kernels* k = avx2_exact_kernels()) sets.push_back(k);
   return sets;
 }
@@ -131,29 +132,31 @@ TEST_CASE("kernels: scalar quantised dot products equal a float dot of dequantis
 }
 
 TEST_CASE("kernels: SIMD dot products match the scalar reference for every type") {
-  const Kernels* simd = avx2_kernels();
-  if (!simd) return;
   std::mt19937 rng(3);
-  for (GgmlType type : kAllTypes) {
-    CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
-    for (int64_t cols : {32, 64, 576, 1536}) {
-      RandomMatrix w(type, 5, cols, rng);
-      auto x = random_vector(cols, rng);
-      std::vector<BlockQ8> xq(cols / kQBlock);
-      scalar_kernels().quantize_q8(x.data(), xq.data(), cols);
-      std::vector<float> row(cols);
-      for (int r = 0; r < 5; ++r) {
-        const double a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
-        const double b = simd->dot(w.m, r, x.data(), xq.data());
-        if (w.m.quantized()) {
-          REQUIRE(a == b);  // the same exact block terms, added in the same double lanes
-          continue;
+  for (const Kernels* simd : {avx2_kernels(), avx2_vnni_kernels()}) {
+    if (!simd) continue;
+    CAPTURE(simd->name);
+    for (GgmlType type : kAllTypes) {
+      CAPTURE(ggml_type_name(static_cast<uint32_t>(type)));
+      for (int64_t cols : {32, 64, 576, 1536}) {
+        RandomMatrix w(type, 5, cols, rng);
+        auto x = random_vector(cols, rng);
+        std::vector<BlockQ8> xq(cols / kQBlock);
+        scalar_kernels().quantize_q8(x.data(), xq.data(), cols);
+        std::vector<float> row(cols);
+        for (int r = 0; r < 5; ++r) {
+          const double a = scalar_kernels().dot(w.m, r, x.data(), xq.data());
+          const double b = simd->dot(w.m, r, x.data(), xq.data());
+          if (w.m.quantized()) {
+            REQUIRE(a == b);  // the same exact block terms, added in the same double lanes
+            continue;
+          }
+          // Float rows: only the order of float additions differs; bound the error by the magnitude of the terms.
+          dequantize_row(w.m, r, row.data());
+          double magnitude = 0;
+          for (int64_t j = 0; j < cols; ++j) magnitude += std::fabs(row[j] * x[j]);
+          REQUIRE(std::fabs(a - b) <= 1e-6 * magnitude + 1e-6);
         }
-        // Float rows: only the order of float additions differs; bound the error by the magnitude of the terms.
-        dequantize_row(w.m, r, row.data());
-        double magnitude = 0;
-        for (int64_t j = 0; j < cols; ++j) magnitude += std::fabs(row[j] * x[j]);
-        REQUIRE(std::fabs(a - b) <= 1e-6 * magnitude + 1e-6);
       }
     }
   }
