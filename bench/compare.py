@@ -284,7 +284,8 @@ def write_markdown(path, ctx):
     L.append(ctx["command"])
     L.append("```")
     L.append("")
-    L.append("Rerun it with `scripts/compare.sh` (about 30 minutes; `--quick` for a few, `--help` for the knobs).")
+    L.append("Rerun it with `scripts/compare.sh` (about 20 minutes once llama.cpp is built; `--quick`: about 4; "
+             "`--help` lists the knobs).")
     L.append("")
     L.append("![Troupe against llama.cpp](benchmarks.png)")
     L.append("")
@@ -411,18 +412,18 @@ def targets(e, s, rss, bw, wbytes, info):
             a = e.get(("troupe", gen, t), {}).get("median")
             b = e.get(("llama", gen, t), {}).get("median")
             r = ratio(a, b)
-            rows.append([f"{gen}, {t} thread(s): ≥ 1.0x llama.cpp", fmt(r, "{:.2f}x"), yes(r and r >= 1.0)])
+            rows.append([f"{gen}, {t} thread(s): ≥ 1.0x llama.cpp", ratio_down(r), yes(r and r >= 1.0)])
             if t in bw and a:
                 pct = 100 * a / (bw[t] * 1e9 / wbytes)
                 rows.append([f"{gen}, {t} thread(s): ≥ 85% of the bandwidth limit", f"{pct:.0f}%", yes(pct >= 85)])
         if "pp512" in info["tests"]:
             r = ratio(e.get(("troupe", "pp512", t), {}).get("median"), e.get(("llama", "pp512", t), {}).get("median"))
-            rows.append([f"pp512, {t} thread(s): ≥ 1.5x llama.cpp", fmt(r, "{:.2f}x"), yes(r and r >= 1.5)])
+            rows.append([f"pp512, {t} thread(s): ≥ 1.5x llama.cpp", ratio_down(r), yes(r and r >= 1.5)])
     c = 16 if 16 in info["concurrency"] else max(info["concurrency"] or [0]) or None
     a, b = s.get(("troupe", c)), s.get(("llama", c))
     if a and b:
         r = ratio(a["output_throughput"], b["output_throughput"])
-        rows.append([f"serving, {c} streams, {info['serve_threads']} threads: ≥ 2x output tok/s", fmt(r, "{:.2f}x"),
+        rows.append([f"serving, {c} streams, {info['serve_threads']} threads: ≥ 2x output tok/s", ratio_down(r),
                      yes(r and r >= 2)])
         ok = a["p99_ttft_ms"] is not None and b["p99_ttft_ms"] is not None and a["p99_ttft_ms"] <= b["p99_ttft_ms"]
         rows.append([f"serving, {c} streams: p99 TTFT no worse",
@@ -435,6 +436,11 @@ def targets(e, s, rss, bw, wbytes, info):
 
 def yes(ok):
     return "yes" if ok else "**no**"
+
+
+def ratio_down(r):
+    """A ratio rounded down to 2 decimals, so a figure shown as meeting a target does (1.4995 shows as 1.49x)."""
+    return fmt(r and math.floor(r * 100) / 100, "{:.2f}x")
 
 
 def write_chart(path, ctx):
@@ -500,7 +506,8 @@ def report(args):
             print(f"compare: no chart ({err}); install python3-matplotlib (scripts/setup.sh --bench)", file=sys.stderr)
     if args.json:
         doc = {"date": ctx["date"], "note": args.note, "command": ctx["command"], "machine": ctx["machine"],
-               "troupe_build": ctx["troupe"], "llama_build": ctx["llama"], "info": info,
+               "troupe_build": ctx["troupe"], "info": dict(info, model=os.path.basename(info["model"])),
+               "llama_build": {k: v for k, v in ctx["llama"].items() if k != "LLAMA_BIN"},
                "weight_bytes_per_token": wbytes, "bandwidth_gbs": bw,
                "engine": [{"program": p, "test": t, "threads": n, "median_ts": f["median"], "run_means_ts": f["runs"],
                            "samples_ts": f["samples"], "peak_rss_kib": f["rss_kib"]} for (p, t, n), f in sorted(e.items())],

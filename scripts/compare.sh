@@ -11,8 +11,9 @@
 #      round; bench/serve_bench.py at each concurrency, streaming, OUTPUT_LEN tokens per request
 #   6. bench/compare.py report: medians, ratios, targets, machine and build flags
 #
-#   scripts/compare.sh                 the full run (about 30 minutes on 2 cores)
-#   scripts/compare.sh --quick         one round, 2 repetitions, 2 requests per client: a few minutes, noisy
+#   scripts/compare.sh                 the full run: about 20 minutes on 2 cores once llama.cpp is built (its two
+#                                      builds take about 25 minutes the first time, then come from the cache)
+#   scripts/compare.sh --quick         one round, 2 repetitions, 2 requests per client: about 4 minutes, noisy
 # Options: --rounds N (engine rounds, 3), --reps N (samples per bench run, 5), --serve-rounds N (3),
 #   --per-client N (requests per client per serving run, 4), --threads 1,2, --concurrency 1,4,16, --serve-threads T
 #   (default: the largest of --threads), --slots N (llama-server -np, troupe --max-running; 16), --output-len N (64),
