@@ -75,33 +75,6 @@ Expected<void> check_shard(const Model& model, const ShardSpec& spec) {
 
 // ---- the paged pool ----
 
-PagedKvPool::PagedKvPool(int n_layers, int n_blocks, int block_size, int kv_dim, KvType type)
-    : n_blocks_(n_blocks), block_size_(block_size), kv_dim_(kv_dim), type_(type) {
-  const size_t n = static_cast<size_t>(n_layers) * n_blocks * block_size * kv_dim;
-  if (type == KvType::f16) {
-    k16_.resize(n);
-    v16_.resize(n);
-  } else {
-    k32_.resize(n);
-    v32_.resize(n);
-  }
-}
-
-size_t PagedKvPool::bytes() const { return (k16_.size() + v16_.size()) * 2 + (k32_.size() + v32_.size()) * 4; }
-
-void PagedKvPool::store(int il, int block, int slot, const float* k, const float* v) {
-  const size_t at = index(il, block) + static_cast<size_t>(slot) * kv_dim_;
-  for (int d = 0; d < kv_dim_; ++d) {
-    if (type_ == KvType::f16) {
-      k16_[at + d] = f32_to_fp16(k[d]);
-      v16_[at + d] = f32_to_fp16(v[d]);
-    } else {
-      k32_[at + d] = k[d];
-      v32_[at + d] = v[d];
-    }
-  }
-}
-
 // ---- one shard ----
 
 namespace {

@@ -47,28 +47,23 @@ Expected<void> check_shard(const Model& model, const ShardSpec& spec);
 // Keys and values of the shard's layers and KV heads for every block: (layer, block, slot, kv_dim).
 class PagedKvPool {
  public:
-  PagedKvPool(int n_layers, int n_blocks, int block_size, int kv_dim, KvType type);
+  PagedKvPool(int n_layers, int n_blocks, int block_size, int kv_dim, KvType type)
+      : n_blocks_(n_blocks), block_size_(block_size),
+        rows_(static_cast<size_t>(n_layers) * n_blocks * block_size, kv_dim, type) {}
   int n_blocks() const { return n_blocks_; }
   int block_size() const { return block_size_; }
-  KvType type() const { return type_; }
-  size_t bytes() const;
+  KvType type() const { return rows_.type(); }
+  size_t bytes() const { return rows_.bytes(); }
 
-  void store(int il, int block, int slot, const float* k, const float* v);
-  template <class T> const T* k(int il, int block) const { return base<T>(k16_, k32_) + index(il, block); }
-  template <class T> const T* v(int il, int block) const { return base<T>(v16_, v32_) + index(il, block); }
+  void store(int il, int block, int slot, const float* k, const float* v) { rows_.store(row(il, block) + slot, k, v); }
+  template <class T> const T* k(int il, int block) const { return rows_.k<T>(row(il, block)); }
+  template <class T> const T* v(int il, int block) const { return rows_.v<T>(row(il, block)); }
 
  private:
-  template <class T> const T* base(const std::vector<uint16_t>& a, const std::vector<float>& b) const {
-    if constexpr (std::is_same_v<T, uint16_t>) return a.data(); else return b.data();
-  }
-  size_t index(int il, int block) const {
-    return (static_cast<size_t>(il) * n_blocks_ + block) * block_size_ * kv_dim_;
-  }
+  size_t row(int il, int block) const { return (static_cast<size_t>(il) * n_blocks_ + block) * block_size_; }
 
-  int n_blocks_, block_size_, kv_dim_;
-  KvType type_;
-  std::vector<uint16_t> k16_, v16_;
-  std::vector<float> k32_, v32_;
+  int n_blocks_, block_size_;
+  KvRows rows_;  // (layer, block, slot)
 };
 
 // Which tokens of a step belong to which sequence. Tokens of one sequence are contiguous and consecutive in position.

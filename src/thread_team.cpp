@@ -1,4 +1,6 @@
-// thread_team.cpp: a generation counter hands out tasks; a countdown says when they are done.
+// thread_team.cpp: work is cut into chunks that every member claims from one counter, so a member the system has
+// not scheduled yet costs nothing: whoever runs takes the next chunk (the caller included). The counter carries the
+// task's generation in its high half, so a worker that wakes late can never claim a chunk of a later task.
 #include "thread_team.hpp"
 
 #include <immintrin.h>
@@ -11,6 +13,7 @@ namespace {
 // How long a worker polls for the next task before it sleeps: a step's matmuls follow each other within
 // microseconds; between steps (or when idle) the worker sleeps and costs nothing.
 constexpr auto kSpin = std::chrono::microseconds(50);
+constexpr int kChunksPerMember = 4;  // finer than one piece each, so the fast members take over a slow one's share
 
 // Polls ready() for up to kSpin; true when it became true.
 template <class Ready>
@@ -22,10 +25,12 @@ bool spin_until(Ready ready) {
     if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
   }
 }
+
+inline uint64_t pack(uint32_t generation, uint32_t chunk) { return (uint64_t{generation} << 32) | chunk; }
 }  // namespace
 
 ThreadTeam::ThreadTeam(int size) {
-  for (int m = 1; m < size; ++m) workers_.emplace_back([this, m] { work(m); });
+  for (int m = 1; m < size; ++m) workers_.emplace_back([this] { work(); });
 }
 
 ThreadTeam::~ThreadTeam() {
@@ -35,32 +40,49 @@ ThreadTeam::~ThreadTeam() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadTeam::piece(int member, int64_t& begin, int64_t& end) const {
+void ThreadTeam::chunk_range(uint32_t chunk, int64_t& begin, int64_t& end) const {
   const int64_t units = (n_ + align_ - 1) / align_;
-  const int64_t per = units / size(), extra = units % size();
-  const int64_t u0 = member * per + std::min<int64_t>(member, extra);
-  const int64_t u1 = u0 + per + (member < extra ? 1 : 0);
+  const int64_t per = units / n_chunks_, extra = units % n_chunks_;
+  const int64_t u0 = chunk * per + std::min<int64_t>(chunk, extra);
+  const int64_t u1 = u0 + per + (chunk < extra ? 1 : 0);
   begin = std::min(n_, u0 * align_);
   end = std::min(n_, u1 * align_);
+}
+
+// Claims and runs chunks of task `generation` until none is left.
+void ThreadTeam::take_chunks(uint32_t generation) {
+  uint64_t next = next_.load(std::memory_order_acquire);
+  for (;;) {
+    if (static_cast<uint32_t>(next >> 32) != generation || static_cast<uint32_t>(next) >= n_chunks_) return;
+    if (!next_.compare_exchange_weak(next, next + 1, std::memory_order_acq_rel)) continue;
+    // The task cannot change while a chunk of it is claimed and not done: fn_ and the range are stable here.
+    int64_t begin, end;
+    chunk_range(static_cast<uint32_t>(next), begin, end);
+    if (begin < end) (*fn_)(begin, end);
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_chunks_) done_.notify_one();
+    next = next_.load(std::memory_order_acquire);
+  }
 }
 
 void ThreadTeam::run(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t align) {
   fn_ = &fn;
   n_ = n;
   align_ = std::max<int64_t>(1, align);
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
+  const int64_t units = (n_ + align_ - 1) / align_;
+  n_chunks_ = static_cast<uint32_t>(std::max<int64_t>(1, std::min<int64_t>(units, size() * kChunksPerMember)));
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t g = generation_.load(std::memory_order_relaxed) + 1;
+  next_.store(pack(g, 0), std::memory_order_release);
+  generation_.store(g, std::memory_order_release);
   generation_.notify_all();
-  int64_t begin, end;
-  piece(0, begin, end);
-  if (begin < end) fn(begin, end);
-  // wait for the workers: poll briefly, then sleep (a worker may have lost its core on a busy machine)
-  if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
-    for (int left; (left = pending_.load(std::memory_order_acquire)) != 0;) pending_.wait(left, std::memory_order_acquire);
+  take_chunks(g);
+  // wait for chunks other members still hold: poll briefly, then sleep
+  if (!spin_until([&] { return done_.load(std::memory_order_acquire) == n_chunks_; })) {
+    for (uint32_t d; (d = done_.load(std::memory_order_acquire)) != n_chunks_;) done_.wait(d, std::memory_order_acquire);
   }
 }
 
-void ThreadTeam::work(int member) {
+void ThreadTeam::work() {
   uint32_t seen = 0;
   for (;;) {
     if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
@@ -69,10 +91,7 @@ void ThreadTeam::work(int member) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    int64_t begin, end;
-    piece(member, begin, end);
-    if (begin < end) (*fn_)(begin, end);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    take_chunks(seen);
   }
 }
 

@@ -2,9 +2,10 @@
 // them and the calling thread. It is what a shard uses to run on more than one core: the shard stays one actor, its
 // steps run a little faster.
 //
-// Every task's result is written by exactly one thread and computed exactly as it would be alone, so the outputs do
-// not depend on the team's size. Workers spin briefly after a task (the next matmul of a step follows within
-// microseconds), then sleep until the next one (std::atomic::wait), so an idle team costs no CPU.
+// Every piece's result is written by exactly one thread and computed exactly as it would be alone, so the outputs do
+// not depend on the team's size. Pieces are claimed, not assigned: on a busy machine a worker that has lost its core
+// holds nothing up, the caller does the work. Workers poll briefly after a task (the next matmul of a step follows
+// within microseconds), then sleep until the next one (std::atomic::wait), so an idle team costs no CPU.
 #pragma once
 
 #include <atomic>
@@ -26,19 +27,23 @@ class ThreadTeam {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end) over contiguous pieces of [0, n), one per member (pieces start at multiples of `align`),
-  // and returns once all are done. Not reentrant; one caller at a time.
+  // Calls fn(begin, end) over contiguous pieces of [0, n) (a few per member, starting at multiples of `align`),
+  // each piece on whichever member claims it first, and returns once all are done. Not reentrant; one caller at a
+  // time.
   void run(int64_t n, const std::function<void(int64_t begin, int64_t end)>& fn, int64_t align = 1);
 
  private:
-  void work(int member);
-  void piece(int member, int64_t& begin, int64_t& end) const;
+  void work();
+  void take_chunks(uint32_t generation);
+  void chunk_range(uint32_t chunk, int64_t& begin, int64_t& end) const;
 
   std::vector<std::thread> workers_;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;  // the task: set by run() before it is published
   int64_t n_ = 0, align_ = 1;
-  std::atomic<uint32_t> generation_{0};
-  std::atomic<int> pending_{0};
+  uint32_t n_chunks_ = 0;
+  std::atomic<uint32_t> generation_{0};  // bumped per task; workers sleep on it
+  std::atomic<uint64_t> next_{0};        // (generation << 32) | the next chunk to claim
+  std::atomic<uint32_t> done_{0};        // chunks of the current task finished
   std::atomic<bool> stop_{false};
 };
 
