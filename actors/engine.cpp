@@ -5,10 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
+#include "remote.hpp"
 #include "troupe.hpp"
 
 namespace troupe {
@@ -20,6 +23,41 @@ std::string Plan::describe() const {
          " max_batched_tokens=" + std::to_string(max_batched_tokens) + " max_waiting=" + std::to_string(max_waiting) +
          " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads) + " team=" + std::to_string(team);
 }
+
+const RemoteStages* Placement::find(int replica, int stage) const {
+  for (const auto& r : remote) {
+    if ((r.replica < 0 || r.replica == replica) && stage >= r.stage_begin && stage < r.stage_end) return &r;
+  }
+  return nullptr;
+}
+
+namespace {
+
+// "replica 0: stage 0 here (layers 0-9), stages 1-2 on 127.0.0.1:9101 (layers 10-29)" per replica, for the log.
+std::string describe_placement(const Plan& plan, const ModelConfig& c) {
+  auto layers = split_range(c.n_layer, plan.pp, 1);
+  std::string out;
+  for (int r = 0; r < plan.replicas; ++r) {
+    out += (r ? "; replica " : "replica ") + std::to_string(r) + ":";
+    for (int s = 0; s < plan.pp;) {
+      const RemoteStages* w = plan.placement.find(r, s);
+      int e = s + 1;
+      while (e < plan.pp) {
+        const RemoteStages* n = plan.placement.find(r, e);
+        if ((w == nullptr) != (n == nullptr) || (w && (n->host != w->host || n->port != w->port))) break;
+        ++e;
+      }
+      out += (s ? ", " : " ") + std::string(e - s > 1 ? "stages " : "stage ") + std::to_string(s) +
+             (e - s > 1 ? "-" + std::to_string(e - 1) : "") +
+             (w ? " on " + w->host + ":" + std::to_string(w->port) : " here") + " (layers " +
+             std::to_string((*layers)[s].first) + "-" + std::to_string((*layers)[e - 1].second - 1) + ")";
+      s = e;
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 Plan auto_plan(const ModelConfig& config, int cores) {
   // One replica, one stage: head groups share a step's work with the fewest messages per token, and a single
@@ -45,6 +83,24 @@ Expected<void> check_plan(const Model& model, const Plan& plan) {
     return bad("max_batched_tokens (" + std::to_string(plan.max_batched_tokens) + ") must be at least max_running (" +
                std::to_string(plan.max_running) + "): every running sequence needs a token per step");
   }
+  for (const auto& r : plan.placement.remote) {
+    const std::string where = "placement of " + r.host + ":" + std::to_string(r.port);
+    if (r.host.empty() || r.port < 1 || r.port > 65535) return bad(where + ": a worker needs HOST:PORT");
+    if (r.replica >= plan.replicas) return bad(where + ": replica " + std::to_string(r.replica) + " does not exist");
+    if (r.stage_begin < 0 || r.stage_begin >= r.stage_end || r.stage_end > plan.pp) {
+      return bad(where + ": stages " + std::to_string(r.stage_begin) + ".." + std::to_string(r.stage_end - 1) +
+                 " outside the pipeline's 0.." + std::to_string(plan.pp - 1));
+    }
+    for (const auto& o : plan.placement.remote) {
+      const bool same_replicas = r.replica < 0 || o.replica < 0 || r.replica == o.replica;
+      if (&o != &r && same_replicas && r.stage_begin < o.stage_end && o.stage_begin < r.stage_end) {
+        return bad(where + ": a stage is placed twice");
+      }
+    }
+  }
+  if (plan.placement.timeout_s <= 0 || plan.placement.reconnect_s <= 0) {
+    return bad("remote timeout and reconnect interval must be positive");
+  }
   auto layers = split_range(c.n_layer, plan.pp, 1);
   if (!layers) return layers.error();
   for (auto [l0, l1] : *layers) {
@@ -61,9 +117,9 @@ namespace {
 
 class ActorEngine final : public Engine {
  public:
-  ActorEngine(std::shared_ptr<const Model> model, Tokenizer tokenizer, Plan plan)
+  ActorEngine(std::shared_ptr<const Model> model, Tokenizer tokenizer, Plan plan, FileDigest digest)
       : model_(std::move(model)), tokenizer_(std::move(tokenizer)), plan_(plan), system_(configure(config_, plan)),
-        loads_(plan.replicas) {
+        loads_(plan.replicas), health_(plan.replicas) {
     metrics_ = std::make_shared<Metrics>(plan_.replicas, plan_.pp, plan_.tp);
     // TROUPE_FAULT=replica:stage:group:step, the fault-injection switch for front ends that have no API to call.
     int f_replica = -1, f_stage = 0, f_group = 0;
@@ -74,11 +130,29 @@ class ActorEngine final : public Engine {
         f_replica = -1;
       }
     }
+    if (plan_.placement.remote.empty()) {
+      for (auto& h : health_) h = {true, true, {}};  // nothing to attach
+    }
     for (int r = 0; r < plan_.replicas; ++r) {
       ReplicaInit init{model_, &tokenizer_, plan_, r, plan_.kv_blocks, plan_.max_context, metrics_,
                        [this](int replica) { loads_[replica] -= 1; }};
       if (r == f_replica) init.fault_step = f_step, init.fault_stage = f_stage, init.fault_group = f_group;
+      init.digest = digest;
+      init.on_health = [this](int replica, bool up, const std::string& why) {
+        {
+          std::lock_guard lock(health_mutex_);
+          health_[replica] = {true, up, why};
+        }
+        health_changed_.notify_all();
+      };
       schedulers_.push_back(spawn_scheduler(system_, std::move(init)));
+    }
+    if (!plan_.placement.remote.empty()) {
+      // Serve once every replica has attached its workers or failed to (it keeps retrying): at most 20 s.
+      std::unique_lock lock(health_mutex_);
+      health_changed_.wait_for(lock, std::chrono::seconds(20), [this] {
+        return std::all_of(health_.begin(), health_.end(), [](const ReplicaHealth& h) { return h.known; });
+      });
     }
   }
 
@@ -98,11 +172,15 @@ class ActorEngine final : public Engine {
                        std::to_string(request.params.max_tokens) + ") exceeds the context of " +
                        std::to_string(plan_.max_context) + " tokens"};
     }
-    // The least loaded replica (requests running or waiting on it).
-    int replica = 0;
-    for (int r = 1; r < plan_.replicas; ++r) {
-      if (loads_[r].load() < loads_[replica].load()) replica = r;
+    // The least loaded replica (requests running or waiting on it) of those that can serve.
+    int replica = -1;
+    {
+      std::lock_guard lock(health_mutex_);
+      for (int r = 0; r < plan_.replicas; ++r) {
+        if (health_[r].up && (replica < 0 || loads_[r].load() < loads_[replica].load())) replica = r;
+      }
     }
+    if (replica < 0) replica = 0;  // none can: its scheduler says why
     const RequestId id = next_id_++ * 64 + replica;  // the replica is recoverable from the id
     auto sub = std::make_shared<Submission>(Submission{id, std::move(request), std::move(sink)});
     loads_[replica] += 1;
@@ -174,6 +252,20 @@ class ActorEngine final : public Engine {
 
   double retry_after() override { return 1.0; }
 
+  Health health() override {
+    Health h;
+    std::lock_guard lock(health_mutex_);
+    for (int r = 0; r < plan_.replicas; ++r) {
+      if (health_[r].up) {
+        h.replicas_up += 1;
+      } else {
+        h.detail += (h.detail.empty() ? "" : "; ") + std::string("replica ") + std::to_string(r) + ": " +
+                    (health_[r].known ? health_[r].why : "attaching its workers");
+      }
+    }
+    return h;
+  }
+
   void inject_fault(int replica, int stage, int group) override {
     if (replica < 0 || replica >= plan_.replicas) return;
     caf::anon_send(schedulers_[replica], fault_atom::value, stage, group);
@@ -186,8 +278,15 @@ class ActorEngine final : public Engine {
     // Idle workers block on a condition variable after a short spin instead of sleeping in steps: messages from
     // outside CAF (HTTP threads) then arrive in microseconds (see STACK.md).
     cfg.set("work-stealing.moderate-poll-attempts", 0);
+    if (!plan.placement.remote.empty()) configure_remote(cfg);
     return cfg;
   }
+
+  struct ReplicaHealth {
+    bool known = false;  // its scheduler has reported once
+    bool up = false;
+    std::string why;
+  };
 
   std::shared_ptr<const Model> model_;
   Tokenizer tokenizer_;
@@ -198,6 +297,9 @@ class ActorEngine final : public Engine {
   std::shared_ptr<Metrics> metrics_;
   std::vector<caf::actor> schedulers_;
   std::atomic<uint64_t> next_id_{1};
+  std::mutex health_mutex_;
+  std::condition_variable health_changed_;
+  std::vector<ReplicaHealth> health_;  // (replicas) as their schedulers last reported
 };
 
 }  // namespace
@@ -215,7 +317,17 @@ Expected<std::unique_ptr<Engine>> Engine::start(std::shared_ptr<const Model> mod
   }
   if (auto ok = check_plan(*model, plan); !ok) return ok.error();
   spdlog::info("plan: {}", plan.describe());
-  return std::unique_ptr<Engine>(new ActorEngine(std::move(model), tokenizer, plan));
+  FileDigest digest;
+  if (!plan.placement.remote.empty()) {
+    // Workers load their own copy of the model; the attach checks that it is this one.
+    auto d = digest_file(model->file().path());
+    if (!d) return d.error();
+    digest = *d;
+    spdlog::info("placement: {}; activations cross as {}, remote timeout {} s, model sha256 {}",
+                 describe_placement(plan, c), plan.placement.f16 ? "f16" : "f32", plan.placement.timeout_s,
+                 digest.sha256.substr(0, 16));
+  }
+  return std::unique_ptr<Engine>(new ActorEngine(std::move(model), tokenizer, plan, digest));
 }
 
 }  // namespace troupe

@@ -24,6 +24,25 @@
 
 namespace troupe {
 
+// Pipeline stages placed on worker processes (`troupe worker`, docs/distributed.md); every other stage runs here.
+struct RemoteStages {
+  int replica = -1;                    // -1: every replica
+  int stage_begin = 0, stage_end = 0;  // stages [begin, end); a range on one worker runs as one chain there
+  std::string host;                    // the worker's address
+  int port = 0;
+};
+
+struct Placement {
+  std::vector<RemoteStages> remote;  // empty: everything in this process
+  std::string secret;                // shared with the workers (HMAC challenge/response); "" only for loopback ones
+  double timeout_s = 30;             // a remote step unanswered this long fails its requests and drops the link
+  double reconnect_s = 1;            // between attempts to re-attach a worker that is gone
+  bool f16 = false;                  // activations cross as f16 (half the bytes; outputs then differ from in-process)
+
+  // The worker serving stage s of replica r, or nullptr when it is local.
+  const RemoteStages* find(int replica, int stage) const;
+};
+
 // How the model is cut: t head groups per stage, p pipeline stages, r replicas.
 struct Plan {
   int tp = 1;
@@ -38,6 +57,7 @@ struct Plan {
   int max_context = 0;           // 0: the model's training context
   int threads = 0;               // CAF scheduler threads; 0: the number of cores
   int team = 1;                  // threads per shard (and per stage, for the logits), splitting each step's matmuls
+  Placement placement;           // stages on worker processes
 
   std::string describe() const;  // "tp=2 pp=1 replicas=1 ..." for the start-up log
 };
@@ -129,6 +149,14 @@ class Engine {
   virtual const Plan& plan() const = 0;
   // Seconds a refused client should wait, from the measured drain rate.
   virtual double retry_after() = 0;
+
+  // Replicas that can serve now, and what is wrong with the others ("" when all are up): a replica whose worker is
+  // unreachable is down until it re-attaches. Cheap and non-blocking (for /health).
+  struct Health {
+    int replicas_up = 0;
+    std::string detail;
+  };
+  virtual Health health() { return {plan().replicas, {}}; }
 
   // Fault injection for tests: the shard (replica, stage, group) throws on its next message. The environment switch
   // TROUPE_FAULT=replica:stage:group:step does the same when that replica sends its step-th step (any front end).

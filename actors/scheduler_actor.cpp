@@ -16,6 +16,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "remote.hpp"
 #include "scheduler.hpp"
 #include "troupe.hpp"
 
@@ -53,6 +54,12 @@ struct SchedulerState {
   std::deque<Clock::time_point> completions;  // the last requests to finish: the drain rate for retry-after
   std::vector<float> scratch;
   EngineStats counters;
+  // Stages on workers (plan.placement): a link actor stands in for each range of them (remote.hpp).
+  std::vector<bool> remote;  // (pp) stage s runs on a worker; stages[s] is then its range's link
+  int links_pending = 0;     // links of this pipeline that have not attached yet
+  bool ready = true;         // every link attached: steps may be sent
+  std::string down;          // why the replica cannot serve ("" when it can): a worker is gone; re-attaching
+  uint64_t attempts = 0;     // re-attach attempts since it went down
 };
 
 using SchedulerActor = caf::stateful_actor<SchedulerState>;
@@ -109,18 +116,58 @@ void fail_sequence(SchedulerActor* self, SeqId id, const Error& error) {
   to_sink(sink, [&](Sink& k) { k.on_error(error); });
 }
 
+void stop_stages(SchedulerActor* self) {
+  for (const auto& s : self->state.stages) {
+    self->demonitor(s);
+    self->send_exit(s, caf::exit_reason::user_shutdown);
+  }
+  self->state.stages.clear();
+}
+
+// The link for stages [.., last] placed on one worker (consecutive stages on the same worker form one range).
+caf::actor spawn_remote_range(SchedulerActor* self, const RemoteStages& w, int last, caf::actor downstream) {
+  auto& st = self->state;
+  const Plan& plan = st.init.plan;
+  RemoteStages range = w;
+  range.stage_end = last + 1;
+  range.stage_begin = last;
+  while (range.stage_begin > 0) {
+    const RemoteStages* prev = plan.placement.find(st.init.replica, range.stage_begin - 1);
+    if (!prev || prev->host != w.host || prev->port != w.port) break;
+    --range.stage_begin;
+  }
+  AttachSpec spec{st.init.digest.size, st.init.digest.sha256, st.init.replica, plan.pp, range.stage_begin,
+                  range.stage_end, plan.tp, static_cast<int>(plan.precision), plan.max_batched_tokens,
+                  st.init.n_blocks, plan.block_size, st.init.max_context, plan.team,
+                  static_cast<int>(plan.placement.f16 ? WireDtype::f16 : WireDtype::f32)};
+  LinkInit li{st.init.model, range, plan.placement.secret, st.init.digest, spec, plan.placement.timeout_s,
+              std::move(downstream), caf::actor_cast<caf::actor>(self)};
+  caf::actor link = spawn_link(self, std::move(li));
+  self->monitor(link);
+  for (int s = range.stage_begin; s <= last; ++s) {
+    st.stages[s] = link;
+    st.remote[s] = true;
+  }
+  st.links_pending += 1;
+  return link;
+}
+
 void spawn_pipeline(SchedulerActor* self) {
   auto& st = self->state;
   const Plan& plan = st.init.plan;
   const ModelConfig& c = st.init.model->config();
-  for (const auto& s : st.stages) {
-    self->demonitor(s);
-    self->send_exit(s, caf::exit_reason::user_shutdown);
-  }
+  stop_stages(self);
   st.stages.assign(plan.pp, caf::actor{});
+  st.remote.assign(plan.pp, false);
+  st.links_pending = 0;
   auto layers = split_range(c.n_layer, plan.pp, 1);
   caf::actor downstream = caf::actor_cast<caf::actor>(self);
   for (int s = plan.pp - 1; s >= 0; --s) {  // last first: each stage needs the next one's handle
+    if (const RemoteStages* w = plan.placement.find(st.init.replica, s)) {
+      downstream = spawn_remote_range(self, *w, s, downstream);
+      while (s > 0 && st.stages[s - 1] == downstream) --s;
+      continue;
+    }
     auto shards = split_stage(c, (*layers)[s].first, (*layers)[s].second, plan.tp);
     StageInit si{st.init.model, *shards, s, s == 0, s == plan.pp - 1, plan.precision,
                  plan.max_batched_tokens, st.init.n_blocks, plan.block_size, downstream,
@@ -129,10 +176,23 @@ void spawn_pipeline(SchedulerActor* self) {
     self->monitor(st.stages[s]);
     downstream = st.stages[s];
   }
+  st.ready = st.links_pending == 0;
+}
+
+// Fault injection for (stage, group): a link takes the stage too (it may stand for several).
+void send_fault(SchedulerActor* self, int stage, int group) {
+  auto& st = self->state;
+  if (stage < 0 || stage >= static_cast<int>(st.stages.size())) return;
+  if (st.remote[stage]) {
+    self->send(st.stages[stage], fault_atom::value, stage, group);
+  } else {
+    self->send(st.stages[stage], fault_atom::value, group);
+  }
 }
 
 void pump(SchedulerActor* self) {
   auto& st = self->state;
+  if (!st.ready) return;  // links still attaching
   const int depth = st.init.plan.pp;
   while (static_cast<int>(st.in_flight.size()) < depth) {
     // With a pipeline, each step takes a share of the runnable sequences so that the next step has some too.
@@ -164,7 +224,7 @@ void pump(SchedulerActor* self) {
     if (st.counters.steps == st.init.fault_step && st.init.fault_stage < static_cast<int>(st.stages.size())) {
       spdlog::warn("replica {}: TROUPE_FAULT: shard {} of stage {} will fail", st.init.replica, st.init.fault_group,
                    st.init.fault_stage);
-      self->send(st.stages[st.init.fault_stage], fault_atom::value, st.init.fault_group);
+      send_fault(self, st.init.fault_stage, st.init.fault_group);
     }
   }
 }
@@ -184,6 +244,39 @@ void fail_step(SchedulerActor* self, uint64_t step_id, const Error& error) {
   st.in_flight.erase(it);
   st.sched->abort(f.plan);
   for (const auto& e : f.plan.entries) fail_sequence(self, e.id, error);
+}
+
+// A worker of this replica's pipeline is gone (or never attached): every request of the replica ends now with
+// `unavailable` (their KV cache was partly there), new ones are refused, and a fresh pipeline is tried every
+// reconnect_s until all its workers attach again.
+void remote_down(SchedulerActor* self, const std::string& why) {
+  auto& st = self->state;
+  const bool was_up = st.down.empty();
+  const Error error{ErrorKind::unavailable, "replica " + std::to_string(st.init.replica) + " is unavailable: " + why};
+  std::vector<uint64_t> steps;
+  for (const auto& [id, f] : st.in_flight) steps.push_back(id);
+  for (uint64_t id : steps) fail_step(self, id, error);
+  std::vector<SeqId> seqs;
+  for (const auto& [id, info] : st.seqs) seqs.push_back(id);
+  for (SeqId id : seqs) fail_sequence(self, id, error);
+  stop_stages(self);  // the other links let go of their workers' KV pools too
+  st.ready = false;
+  if (was_up || why != st.down || st.attempts % 30 == 0) {
+    spdlog::error("replica {}: {}{}; {} request(s) failed; re-attaching every {} s", st.init.replica, why,
+                  was_up ? "" : " (attempt " + std::to_string(st.attempts) + ")", seqs.size(),
+                  st.init.plan.placement.reconnect_s);
+  }
+  st.down = why;
+  if (st.init.on_health) st.init.on_health(st.init.replica, false, why);
+  const auto wait = std::chrono::duration_cast<caf::timespan>(std::chrono::duration<double>(st.init.plan.placement.reconnect_s));
+  self->delayed_send(self, wait, reconnect_atom::value);
+}
+
+// The text of a link's end: the message it gave, else CAF's rendering.
+std::string reason_text(SchedulerActor* self, const caf::error& e) {
+  const caf::message& ctx = e.context();
+  if (ctx.match_elements<std::string>()) return ctx.get_as<std::string>(0);
+  return self->system().render(e);
 }
 
 // The model's log-probability of `chosen` and of the k most likely tokens (log-softmax of the raw logits).
@@ -279,9 +372,13 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
   limits.max_context = st.init.max_context;
   st.sched = std::make_unique<Scheduler>(limits);
   spawn_pipeline(self);
+  if (st.ready && st.init.on_health) st.init.on_health(st.init.replica, true, {});
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& s = self->state;
-    if (std::none_of(s.stages.begin(), s.stages.end(), [&](const caf::actor& a) { return a.address() == dm.source; })) {
+    auto it = std::find_if(s.stages.begin(), s.stages.end(), [&](const caf::actor& a) { return a.address() == dm.source; });
+    if (it == s.stages.end()) return;
+    if (s.remote[it - s.stages.begin()]) {
+      remote_down(self, reason_text(self, dm.reason));
       return;
     }
     spdlog::error("replica {}: a stage died ({}); restarting its pipeline", s.init.replica, caf::to_string(dm.reason));
@@ -297,6 +394,10 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
         auto& s = self->state;
         const ModelConfig& c = s.init.model->config();
         const Request& r = sub->request;
+        if (!s.down.empty()) {
+          return caf::make_message(static_cast<int>(ErrorKind::unavailable),
+                                   "replica " + std::to_string(s.init.replica) + " is unavailable: " + s.down, 0.0);
+        }
         for (TokenId t : r.prompt) {
           if (t < 0 || t >= c.n_vocab) {
             return caf::make_message(static_cast<int>(ErrorKind::invalid_argument),
@@ -344,9 +445,31 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
         lose_cache(self);
         pump(self);
       },
-      [=](fault_atom, int stage, int group) {
+      [=](fault_atom, int stage, int group) { send_fault(self, stage, group); },
+      [=](attached_atom, int) {
         auto& s = self->state;
-        if (stage >= 0 && stage < static_cast<int>(s.stages.size())) self->send(s.stages[stage], fault_atom::value, group);
+        const auto& sender = self->current_sender();
+        if (std::none_of(s.stages.begin(), s.stages.end(),
+                         [&](const caf::actor& a) { return caf::actor_cast<caf::strong_actor_ptr>(a) == sender; })) {
+          return;  // a link of a pipeline already replaced
+        }
+        if (--s.links_pending > 0) return;
+        s.ready = true;
+        if (!s.down.empty()) {
+          spdlog::info("replica {}: every worker attached again after {} attempt(s); serving", s.init.replica, s.attempts);
+        } else {
+          spdlog::info("replica {}: every worker attached", s.init.replica);
+        }
+        s.down.clear();
+        s.attempts = 0;
+        if (s.init.on_health) s.init.on_health(s.init.replica, true, {});
+        pump(self);
+      },
+      [=](reconnect_atom) {
+        auto& s = self->state;
+        if (s.down.empty()) return;
+        s.attempts += 1;
+        spawn_pipeline(self);
       },
       [=](stop_atom) {
         // Whoever still waits hears that the engine stopped; the stages (and their shards) stop with us.
@@ -355,10 +478,7 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
           to_sink(info.sink, [](Sink& k) { k.on_error({ErrorKind::unavailable, "the engine stopped"}); });
         }
         s.seqs.clear();
-        for (const auto& stage : s.stages) {
-          self->demonitor(stage);
-          self->send_exit(stage, caf::exit_reason::user_shutdown);
-        }
+        stop_stages(self);
         self->quit();
       },
       [=](stats_atom) {

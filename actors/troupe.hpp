@@ -16,6 +16,7 @@
 
 #include "engine.hpp"
 #include "messages.hpp"
+#include "wire.hpp"
 
 namespace troupe {
 
@@ -61,6 +62,10 @@ struct ReplicaInit {
   int max_context = 0;
   std::shared_ptr<Metrics> metrics;
   std::function<void(int)> on_request_done;  // called with the replica index when a request ends (load balancing)
+  FileDigest digest;  // the model file's, sent to workers hosting remote stages (plan.placement)
+  // Called (on the scheduler's thread) when the replica becomes able or unable to serve: every worker of its
+  // pipeline attached, or one unreachable (why).
+  std::function<void(int replica, bool up, const std::string& why)> on_health;
   // TROUPE_FAULT: make shard (fault_stage, fault_group) throw when this replica sends step fault_step (0: never)
   uint64_t fault_step = 0;
   int fault_stage = 0, fault_group = 0;

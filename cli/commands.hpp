@@ -60,6 +60,17 @@ struct BenchOptions {
 // `troupe bench`: pp and tg tokens/s, mean and standard deviation over repetitions (cli/bench.cpp).
 int run_bench(BenchOptions options);
 
+struct WorkerOptions {
+  std::string listen = "127.0.0.1:9101";  // HOST:PORT; port 0: any free port (logged)
+  std::string secret;                     // else TROUPE_SECRET; required unless HOST is loopback
+  std::string model_path;                 // its own copy: size and sha256 must match the coordinator's
+  int threads = 0;                        // actor scheduler threads; 0: one per core
+};
+
+// `troupe worker`: hosts pipeline stages for coordinators (cli/worker.cpp, docs/distributed.md). 0 after
+// SIGINT/SIGTERM, 1 when it cannot start.
+int run_worker(WorkerOptions options);
+
 struct ServeOptions {
   std::map<std::string, std::string> flags;  // server setting (config key) -> value, only those given as flags
   std::vector<std::string> cors_origins;     // --cors-origin, repeatable

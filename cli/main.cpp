@@ -4,6 +4,7 @@
 //   troupe batch [--model M] --in PROMPTS.jsonl --out RESULTS.jsonl [plan flags] [sampling flags]
 //   troupe serve [--model M] [--host H] [--port P] [--api-key KEY] [server flags] [plan flags]
 //   troupe bench [--model M] [-p 128,512] [-n 128] [-r 5] [-t 1,2] [--direct] [-o md|json] [plan flags]
+//   troupe worker [--listen HOST:PORT] [--secret S] [--model M] [--threads N]
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -113,6 +114,19 @@ int main(int argc, char** argv) {
   add_plan_options(*bench, bench_options.plan);
   bench->add_flag("-v,--verbose", bench_options.verbose, "debug logging to stderr");
 
+  WorkerOptions worker_options;
+  worker_options.model_path = default_model();
+  auto* worker = app.add_subcommand("worker", "Host pipeline stages for a coordinator (serve, batch, bench with a "
+                                              "placement; docs/distributed.md)");
+  worker->add_option("--listen", worker_options.listen, "HOST:PORT to listen on (port 0: any free port)")
+      ->capture_default_str();
+  worker->add_option("--secret", worker_options.secret,
+                     "shared secret a coordinator must prove it knows (env TROUPE_SECRET); required off loopback");
+  worker->add_option("-m,--model", worker_options.model_path, "GGUF model file: the coordinator's, byte for byte "
+                                                               "(env TROUPE_MODEL)")->capture_default_str();
+  worker->add_option("--threads", worker_options.threads, "actor scheduler threads; 0: one per core")
+      ->capture_default_str()->check(CLI::Range(0, 4096));
+
   // Logs go to stderr: stdout carries generated text.
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
 
@@ -128,5 +142,6 @@ int main(int argc, char** argv) {
   }
   if (*serve) return run_serve(std::move(serve_options));
   if (*bench) return run_bench(std::move(bench_options));
+  if (*worker) return run_worker(std::move(worker_options));
   return 0;
 }

@@ -84,11 +84,102 @@ Expected<void> apply(Draft& d, const Setting& s, const std::string& value, const
   return {};
 }
 
-// Applies the "engine" object of a JSON config file. Other top-level sections belong to other parts (http, ...).
+// A whole number from a JSON value, or an error naming where it came from.
+Expected<int> json_int(const nlohmann::json& v, const std::string& where, int min, int max) {
+  if (!v.is_number_integer() || v.get<int64_t>() < min || v.get<int64_t>() > max) {
+    return Error{ErrorKind::invalid_argument, where + ": expected a whole number from " + std::to_string(min) + " to " +
+                                                  std::to_string(max) + ", got " + v.dump()};
+  }
+  return static_cast<int>(v.get<int64_t>());
+}
+
+// The "placement" array: [{"stage": S | "stages": [FIRST, LAST], "replica": R (optional: every replica),
+// "worker": "HOST:PORT"}, ...]; an entry without stages puts the whole replica on the worker.
+Expected<void> apply_placement(Draft& d, const nlohmann::json& list, const std::string& path) {
+  if (!list.is_array()) return Error{ErrorKind::invalid_argument, path + ": \"placement\" must be an array"};
+  for (size_t i = 0; i < list.size(); ++i) {
+    const nlohmann::json& e = list[i];
+    const std::string where = path + ": placement[" + std::to_string(i) + "]";
+    if (!e.is_object()) return Error{ErrorKind::invalid_argument, where + ": expected an object"};
+    RemoteStages r;
+    r.stage_end = -1;  // no stage given: every stage (resolved once pp is known)
+    bool has_worker = false;
+    for (const auto& [key, value] : e.items()) {
+      if (key == "worker") {
+        if (!value.is_string()) return Error{ErrorKind::invalid_argument, where + ".worker: expected \"HOST:PORT\""};
+        auto hp = parse_host_port(value.get<std::string>());
+        if (!hp) return Error{ErrorKind::invalid_argument, where + ".worker " + hp.error().message};
+        if (hp->second == 0) return Error{ErrorKind::invalid_argument, where + ".worker: port 0 is not a worker's port"};
+        r.host = hp->first;
+        r.port = hp->second;
+        has_worker = true;
+      } else if (key == "stage") {
+        auto s = json_int(value, where + ".stage", 0, 255);
+        if (!s) return s.error();
+        r.stage_begin = *s;
+        r.stage_end = *s + 1;
+      } else if (key == "stages") {
+        if (!value.is_array() || value.size() != 2) {
+          return Error{ErrorKind::invalid_argument, where + ".stages: expected [FIRST, LAST]"};
+        }
+        auto a = json_int(value[0], where + ".stages[0]", 0, 255);
+        if (!a) return a.error();
+        auto b = json_int(value[1], where + ".stages[1]", *a, 255);
+        if (!b) return b.error();
+        r.stage_begin = *a;
+        r.stage_end = *b + 1;
+      } else if (key == "replica") {
+        auto rep = json_int(value, where + ".replica", 0, 63);
+        if (!rep) return rep.error();
+        r.replica = *rep;
+      } else {
+        return Error{ErrorKind::invalid_argument, where + ": unknown key " + key + " (known: stage, stages, replica, worker)"};
+      }
+    }
+    if (!has_worker) return Error{ErrorKind::invalid_argument, where + ": \"worker\": \"HOST:PORT\" is required"};
+    d.plan.placement.remote.push_back(r);
+  }
+  return {};
+}
+
+// The "remote" object: {"secret": S, "timeout_s": T, "reconnect_s": R, "activations": "f32" | "f16"}.
+Expected<void> apply_remote(Draft& d, const nlohmann::json& obj, const std::string& path) {
+  if (!obj.is_object()) return Error{ErrorKind::invalid_argument, path + ": \"remote\" must be an object"};
+  Placement& p = d.plan.placement;
+  for (const auto& [key, value] : obj.items()) {
+    const std::string where = path + ": remote." + key;
+    if (key == "secret" && value.is_string()) {
+      p.secret = value.get<std::string>();
+    } else if ((key == "timeout_s" || key == "reconnect_s") && value.is_number() && value.get<double>() > 0 &&
+               value.get<double>() <= 86400) {
+      (key == "timeout_s" ? p.timeout_s : p.reconnect_s) = value.get<double>();
+    } else if (key == "activations" && value.is_string() &&
+               (value.get<std::string>() == "f32" || value.get<std::string>() == "f16")) {
+      p.f16 = value.get<std::string>() == "f16";
+    } else if (key == "secret" || key == "timeout_s" || key == "reconnect_s" || key == "activations") {
+      return Error{ErrorKind::invalid_argument, where + ": bad value " + value.dump() +
+                                                    " (secret: a string; timeout_s, reconnect_s: seconds > 0; "
+                                                    "activations: \"f32\" or \"f16\")"};
+    } else {
+      return Error{ErrorKind::invalid_argument,
+                   where + ": unknown key (known: secret, timeout_s, reconnect_s, activations)"};
+    }
+  }
+  return {};
+}
+
+// Applies the "engine" object of a JSON config file, and "placement" and "remote" when present. Other top-level
+// sections belong to other parts (http, ...).
 Expected<void> apply_config(Draft& d, const std::string& path) {
   auto parsed = read_config(path);
   if (!parsed) return parsed.error();
   const nlohmann::json& doc = *parsed;
+  if (auto it = doc.find("placement"); it != doc.end()) {
+    if (auto ok = apply_placement(d, *it, path); !ok) return ok.error();
+  }
+  if (auto it = doc.find("remote"); it != doc.end()) {
+    if (auto ok = apply_remote(d, *it, path); !ok) return ok.error();
+  }
   auto engine = doc.find("engine");
   if (engine == doc.end()) return {};
   if (!engine->is_object()) return Error{ErrorKind::invalid_argument, path + ": \"engine\" must be an object"};
@@ -113,6 +204,28 @@ Expected<void> apply_config(Draft& d, const std::string& path) {
 }
 
 }  // namespace
+
+Expected<std::pair<std::string, int>> parse_host_port(const std::string& text) {
+  auto bad = [&] { return Error{ErrorKind::invalid_argument, "'" + text + "': expected HOST:PORT or [IPV6]:PORT"}; };
+  std::string host, port;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return bad();
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const size_t colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) return bad();
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  int n = -1;
+  const auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+  if (host.empty() || port.empty() || ec != std::errc() || ptr != port.data() + port.size() || n < 0 || n > 65535) {
+    return bad();
+  }
+  return std::pair<std::string, int>{host, n};
+}
 
 // The config file to read: --config, else $TROUPE_CONFIG, else the default file when it exists; "" for none.
 Expected<std::string> config_path(const PlanOptions& o) {
@@ -167,6 +280,10 @@ Expected<Plan> resolve_plan(const PlanOptions& options, const ModelConfig& confi
     if (it == options.flags.end()) continue;
     if (auto ok = apply(d, s, it->second, s.flag); !ok) return ok.error();
     sources.push_back(s.flag);
+  }
+  if (const char* secret = std::getenv("TROUPE_SECRET"); secret && *secret) d.plan.placement.secret = secret;
+  for (auto& r : d.plan.placement.remote) {
+    if (r.stage_end < 0) r.stage_begin = 0, r.stage_end = d.plan.pp;  // a whole replica
   }
   if (d.tp_auto) {
     // auto_plan sees the cores one stage of one replica can have.

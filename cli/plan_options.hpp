@@ -8,6 +8,8 @@
 //      TROUPE_THREADS
 //   4. command-line flags: --tp N|auto, --pp, --replicas, --precision fast|exact, --block-size, --kv-blocks,
 //      --max-running, --max-batched-tokens, --max-waiting, --ctx-size, --threads
+// The file's "placement" array and "remote" object put pipeline stages on worker processes (Plan::placement;
+// TROUPE_SECRET overrides "remote.secret"); config/README.md.
 // Shared by every subcommand that starts an Engine (batch now, serve later).
 #pragma once
 
@@ -35,6 +37,9 @@ struct PlanOptions {
 Expected<std::string> config_path(const PlanOptions& options);
 // A config file parsed: a JSON object, or an error naming the file.
 Expected<nlohmann::json> read_config(const std::string& path);
+
+// "HOST:PORT" or "[IPV6]:PORT", port 0..65535.
+Expected<std::pair<std::string, int>> parse_host_port(const std::string& text);
 
 // Adds --config and the plan flags to a subcommand; parsed values land in `options`, which must outlive parsing.
 void add_plan_options(CLI::App& app, PlanOptions& options);

@@ -90,10 +90,15 @@ std::string allowed_headers(const std::string& requested) {
 }
 
 HttpResponse health(const ServerState& state) {
-  if (!state.backend.load()) return json_response(format_health("loading"), 503);
+  const Backend* backend = state.backend.load();
+  if (!backend) return json_response(format_health("loading"), 503);
+  // Replicas whose workers are unreachable (docs/distributed.md): none left is 503, some is "degraded".
+  const Engine::Health engine = backend->engine->health();
+  if (engine.replicas_up == 0) return json_response(format_health("unavailable", engine.detail), 503);
   const uint64_t restarts = state.shard_restarts.load(), failed = state.failed_requests.load();
-  if (restarts == 0 && failed == 0) return json_response(format_health("ok"));
-  std::string detail = "a shard failed and was restarted";
+  if (restarts == 0 && failed == 0 && engine.detail.empty()) return json_response(format_health("ok"));
+  std::string detail = engine.detail;
+  if (restarts > 0 || failed > 0) detail += std::string(detail.empty() ? "" : "; ") + "a shard failed and was restarted";
   if (restarts > 0) detail += " (" + std::to_string(restarts) + " restarts)";
   if (failed > 0) detail += "; " + std::to_string(failed) + " requests running on it ended with 503";
   return json_response(format_health("degraded", detail));

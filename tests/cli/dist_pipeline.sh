@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A pipeline split across processes gives the single-process greedy outputs (docs/distributed.md): troupe serve plus
+# two `troupe worker` processes on loopback, for several placements (middle and last stage remote; first and last
+# remote with two head groups inside each; a range of stages on one worker; a whole replica on a worker), six prompts
+# sent at once, every text equal to the single-process server's and to `troupe generate`'s. The start-up log names
+# the placement; both workers log the attach.
+# Usage: dist_pipeline.sh TROUPE_BINARY SOURCE_DIR
+set -u
+troupe=$(realpath "$1")
+src=$(realpath "$2")
+model=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
+tmp=$(mktemp -d)
+t_start=$SECONDS
+source "$src/tests/cli/lib/dist.sh"
+cd "$tmp" || exit 1
+
+# ---- the reference: one process ----
+echo '{}' >"$tmp/local.json"
+start_serve local "$tmp/local.json" || exit 1
+complete_all "$url" "$tmp/ref"
+stop_pid "$spid"
+check "the reference server answered every prompt" \
+  bash -c "for f in $tmp/ref.?; do grep -q '^\"' \$f || exit 1; done"
+gen=$("$troupe" generate --model "$model" --prompt "${prompts[0]}" --temp 0 -n 24 2>/dev/null)
+check "troupe generate gives the reference text ('$gen' vs $(cat "$tmp/ref.0"))" \
+  test "$(jq -n -c --arg t "$gen" '$t')" = "$(cat "$tmp/ref.0")"
+
+# ---- two workers ----
+start_worker wa || exit 1
+port_a=$wport
+pid_a=$wpid
+start_worker wb || exit 1
+port_b=$wport
+pid_b=$wpid
+
+# run NAME ENGINE PLACEMENT EXPECTED_LOG: serve with that config; every prompt's text equal to the reference
+run() {
+  local name=$1
+  printf '{"engine": %s, "placement": %s}\n' "$2" "$3" >"$tmp/$name.json"
+  if ! start_serve "$name" "$tmp/$name.json"; then
+    check "$name: the server started with every worker attached" false
+    return
+  fi
+  check "$name: the start-up log names the placement ($4)" grep -qF "placement: $4" "$tmp/$name.log"
+  complete_all "$url" "$tmp/$name"
+  check "$name: every greedy text equals the single-process one" same_texts "$tmp/$name" "$tmp/ref"
+  stop_pid "$spid"
+  check "$name: the server stopped cleanly" grep -q stopped "$tmp/$name.log"
+}
+
+run middle_last '{"pp": 3}' \
+  "[{\"stage\": 1, \"worker\": \"127.0.0.1:$port_a\"}, {\"stage\": 2, \"worker\": \"127.0.0.1:$port_b\"}]" \
+  "replica 0: stage 0 here (layers 0-9), stage 1 on 127.0.0.1:$port_a (layers 10-19), stage 2 on 127.0.0.1:$port_b (layers 20-29)"
+run first_last_tp2 '{"pp": 3, "tp": 2}' \
+  "[{\"stage\": 0, \"worker\": \"127.0.0.1:$port_a\"}, {\"stage\": 2, \"worker\": \"127.0.0.1:$port_b\"}]" \
+  "replica 0: stage 0 on 127.0.0.1:$port_a"
+run range '{"pp": 3}' "[{\"stages\": [1, 2], \"worker\": \"127.0.0.1:$port_a\"}]" \
+  "replica 0: stage 0 here (layers 0-9), stages 1-2 on 127.0.0.1:$port_a (layers 10-29)"
+run replica '{"pp": 2, "replicas": 2}' "[{\"replica\": 1, \"worker\": \"127.0.0.1:$port_b\"}]" \
+  "replica 0: stages 0-1 here (layers 0-29); replica 1: stages 0-1 on 127.0.0.1:$port_b"
+check "the replica run sent requests to the worker's replica" grep -q "link to 127.0.0.1:$port_b (stages 0..1): [1-9]" "$tmp/replica.log"
+
+check "worker a logged its attaches" test "$(grep -c 'worker: attached by' "$tmp/wa.log")" -ge 3
+check "worker b logged its attaches" test "$(grep -c 'worker: attached by' "$tmp/wb.log")" -ge 3
+check "worker a released every attach" grep -q 'an attach ended .*; 0 active' "$tmp/wa.log"
+kill -TERM "$pid_a" "$pid_b"
+wait "$pid_a"
+rc_a=$?
+wait "$pid_b"
+rc_b=$?
+check "the workers exit 0 on SIGTERM ($rc_a, $rc_b)" test "$rc_a" -eq 0 -a "$rc_b" -eq 0
+finish
