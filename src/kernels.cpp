@@ -165,10 +165,14 @@ const Kernels& scalar_kernels() {
 const Kernels& kernels() {
   static const Kernels* chosen = [] {
     const char* force = std::getenv("TROUPE_KERNELS");
-    if (force && std::strcmp(force, "scalar") == 0) return &scalar_kernels();
-    const bool no_vnni = force && std::strcmp(force, "avx2") == 0;
-    if (const Kernels* k = avx2_vnni_kernels(); k && !no_vnni) return k;
-    if (const Kernels* k = avx2_kernels()) return k;
+    // the fastest first; TROUPE_KERNELS=NAME picks a set by name where this CPU has it
+    const Kernels* sets[] = {avx2_vnni_kernels(), avx512_vnni_kernels(), avx2_kernels(), &scalar_kernels()};
+    for (const Kernels* k : sets) {
+      if (k && force && std::strcmp(force, k->name) == 0) return k;
+    }
+    for (const Kernels* k : sets) {
+      if (k) return k;
+    }
     return &scalar_kernels();
   }();
   return *chosen;

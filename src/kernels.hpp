@@ -75,13 +75,14 @@ struct Kernels {
   // each result the value dot gives; null when the set has none (matmul then calls dot per row and token)
   void (*gemm)(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0, int64_t r1, const GemmOut& out);
 };
-const Kernels& kernels();  // the fastest for this CPU (TROUPE_KERNELS=scalar forces the reference, =avx2 no VNNI)
+const Kernels& kernels();  // the fastest for this CPU (TROUPE_KERNELS=NAME picks a set by name: scalar, avx2, ...)
 const Kernels& scalar_kernels();     // the reference
 const Kernels& exact_kernels();      // fp32 activations: weights dequantised block by block, no 8-bit rounding
 const Kernels& scalar_exact_kernels();   // its reference
 const Kernels* avx2_exact_kernels();     // nullptr without AVX2/FMA
 const Kernels* avx2_kernels();       // nullptr when the CPU lacks AVX2/FMA
 const Kernels* avx2_vnni_kernels();  // the same with AVX-VNNI's dpbusd; nullptr when the CPU lacks it
+const Kernels* avx512_vnni_kernels();  // with AVX512-VNNI's dpbusd (256-bit); nullptr when the CPU lacks it
 
 // Y (n_tokens, rows) = X (n_tokens, cols) . W^T for rows [r0, r1): each weight row is read once for all tokens.
 // xq holds X quantised (n_tokens, cols/32) when w is quantized; it may be null for float weights. Each output is

@@ -26,6 +26,7 @@ namespace {
 
 #define TROUPE_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TROUPE_GEMM_VNNI_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define TROUPE_GEMM_VNNI512_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 
 template <class T>
 void ref_attn_scores(const float* q, const T* k, int64_t stride, int n, int head_dim, float scale, float* scores) {
@@ -57,7 +58,7 @@ TROUPE_AVX2 inline __m256i unpack_nibbles(const uint8_t* qs) {
   return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
 }
 
-// ---- fast path: 8-bit activations, batched (gemm_q8.inc, built twice: AVX2, and AVX2 with AVX-VNNI) ----
+// ---- fast path: 8-bit activations, batched (gemm_q8.inc, built three times: AVX2, AVX2 with AVX-VNNI, and with AVX512-VNNI) ----
 
 #define TROUPE_GEMM TROUPE_AVX2
 #define TROUPE_GEMM_INLINE TROUPE_AVX2 inline __attribute__((always_inline))
@@ -73,6 +74,16 @@ namespace q8_avx2 {
 #define TROUPE_GEMM_INLINE TROUPE_GEMM_VNNI_TARGET inline __attribute__((always_inline))
 #define TROUPE_GEMM_VNNI 1
 namespace q8_vnni {
+#include "gemm_q8.inc"
+}
+#undef TROUPE_GEMM
+#undef TROUPE_GEMM_INLINE
+#undef TROUPE_GEMM_VNNI
+
+#define TROUPE_GEMM TROUPE_GEMM_VNNI512_TARGET
+#define TROUPE_GEMM_INLINE TROUPE_GEMM_VNNI512_TARGET inline __attribute__((always_inline))
+#define TROUPE_GEMM_VNNI 2
+namespace q8_vnni512 {
 #include "gemm_q8.inc"
 }
 #undef TROUPE_GEMM
@@ -225,6 +236,12 @@ TROUPE_GEMM_VNNI_TARGET void gemm_vnni(const Matrix& w, const float* x, const Bl
   else gemm_floats(w, x, n, r0, r1, out);
 }
 
+TROUPE_GEMM_VNNI512_TARGET void gemm_vnni512(const Matrix& w, const float* x, const BlockQ8* xq, int n, int64_t r0,
+                                             int64_t r1, const GemmOut& out) {
+  if (w.quantized()) q8_vnni512::gemm_quantized(w, xq, n, r0, r1, out);
+  else gemm_floats(w, x, n, r0, r1, out);
+}
+
 // One row and one token: the batched kernel with a batch of one, so both give the same value.
 template <auto Gemm>
 TROUPE_AVX2 double dot_via(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
@@ -240,6 +257,9 @@ TROUPE_AVX2 double dot_via(const Matrix& w, int64_t r, const float* x, const Blo
 TROUPE_AVX2 double dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) { return dot_via<gemm>(w, r, x, xq); }
 TROUPE_AVX2 double dot_vnni(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
   return dot_via<gemm_vnni>(w, r, x, xq);
+}
+TROUPE_AVX2 double dot_vnni512(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
+  return dot_via<gemm_vnni512>(w, r, x, xq);
 }
 
 TROUPE_AVX2 double exact_dot(const Matrix& w, int64_t r, const float* x, const BlockQ8* xq) {
@@ -398,6 +418,23 @@ static bool cpu_has_avx_vnni() {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
   return a & (1u << 4);
+}
+
+// AVX512-VNNI with AVX512-VL (dpbusd on 256-bit registers): CPUID leaf 7 ECX bit 11 and EBX bit 31, and the OS
+// saving the AVX-512 state (XCR0 bits 5-7).
+static bool cpu_has_avx512_vnni() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!(c & (1u << 11)) || !(b & (1u << 31))) return false;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  return (xcr0_lo & 0xe6) == 0xe6;
+}
+
+const Kernels* avx512_vnni_kernels() {
+  static const Kernels k{"avx512-vnni", quantize_q8, dot_vnni512, gemm_vnni512};
+  static const bool ok = avx2_kernels() && cpu_has_avx512_vnni();
+  return ok ? &k : nullptr;
 }
 
 const Kernels* avx2_vnni_kernels() {

@@ -69,6 +69,7 @@ std::vector<const Kernels*> all_kernel_sets() {
   std::vector<const Kernels*> sets{&scalar_kernels(), &scalar_exact_kernels()};
   if (const Kernels* k = avx2_kernels()) sets.push_back(k);
   if (const Kernels* k = avx2_vnni_kernels()) sets.push_back(k);
+  if (const Kernels* k = avx512_vnni_kernels()) sets.push_back(k);
   if (const Kernels* k = avx2_exact_kernels()) sets.push_back(k);
   return sets;
 }
@@ -133,7 +134,7 @@ TEST_CASE("kernels: scalar quantised dot products equal a float dot of dequantis
 
 TEST_CASE("kernels: SIMD dot products match the scalar reference for every type") {
   std::mt19937 rng(3);
-  for (const Kernels* simd : {avx2_kernels(), avx2_vnni_kernels()}) {
+  for (const Kernels* simd : {avx2_kernels(), avx2_vnni_kernels(), avx512_vnni_kernels()}) {
     if (!simd) continue;
     CAPTURE(simd->name);
     for (GgmlType type : kAllTypes) {
