@@ -253,6 +253,7 @@ void remote_down(SchedulerActor* self, const std::string& why) {
   auto& st = self->state;
   const bool was_up = st.down.empty();
   const Error error{ErrorKind::unavailable, "replica " + std::to_string(st.init.replica) + " is unavailable: " + why};
+  const size_t n_failed = st.seqs.size();
   std::vector<uint64_t> steps;
   for (const auto& [id, f] : st.in_flight) steps.push_back(id);
   for (uint64_t id : steps) fail_step(self, id, error);
@@ -263,7 +264,7 @@ void remote_down(SchedulerActor* self, const std::string& why) {
   st.ready = false;
   if (was_up || why != st.down || st.attempts % 30 == 0) {
     spdlog::error("replica {}: {}{}; {} request(s) failed; re-attaching every {} s", st.init.replica, why,
-                  was_up ? "" : " (attempt " + std::to_string(st.attempts) + ")", seqs.size(),
+                  was_up ? "" : " (attempt " + std::to_string(st.attempts) + ")", n_failed,
                   st.init.plan.placement.reconnect_s);
   }
   st.down = why;
