@@ -25,11 +25,12 @@ wait_log() {
   return 1
 }
 
-# start_worker NAME [ARGS...]: troupe worker on a free loopback port unless ARGS say otherwise; sets $wpid, $wport
+# start_worker NAME [ARGS...]: troupe worker on a free loopback port ($listen or $port_for_worker say otherwise);
+# sets $wpid, $wport
 start_worker() {
   local name=$1
   shift
-  "$troupe" worker --listen 127.0.0.1:${port_for_worker:-0} --model "${worker_model:-$model}" "$@" \
+  "$troupe" worker --listen "${listen:-127.0.0.1:${port_for_worker:-0}}" --model "${worker_model:-$model}" "$@" \
     >"$tmp/$name.out" 2>>"$tmp/$name.log" &
   wpid=$!
   pids+=("$wpid")
