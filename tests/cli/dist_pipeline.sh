@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A pipeline split across processes gives the single-process greedy outputs (docs/distributed.md): troupe serve plus
-# two `troupe worker` processes on loopback, for several placements (middle and last stage remote; first and last
-# remote with two head groups inside each; a range of stages on one worker; a whole replica on a worker), six prompts
-# sent at once, every text equal to the single-process server's and to `troupe generate`'s. The start-up log names
-# the placement; both workers log the attach.
+# two `troupe worker` processes on loopback, for several placements (config/two-workers.json: first and middle stage
+# remote; middle and last stage remote; first and last remote with two head groups inside each; a range of stages on
+# one worker; a whole replica on a worker), six prompts sent at once, every text equal to the single-process
+# server's and to `troupe generate`'s. The start-up log names the placement; both workers log the attach.
 # Usage: dist_pipeline.sh TROUPE_BINARY SOURCE_DIR
 set -u
 troupe=$(realpath "$1")
@@ -35,8 +35,13 @@ pid_b=$wpid
 
 # run NAME ENGINE PLACEMENT EXPECTED_LOG: serve with that config; every prompt's text equal to the reference
 run() {
+  printf '{"engine": %s, "placement": %s}\n' "$2" "$3" >"$tmp/$1.json"
+  run_config "$1" "$4"
+}
+# run_config NAME EXPECTED_LOG: the same with the config file $tmp/NAME.json
+run_config() {
   local name=$1
-  printf '{"engine": %s, "placement": %s}\n' "$2" "$3" >"$tmp/$name.json"
+  set -- "$1" "" "" "$2"
   if ! start_serve "$name" "$tmp/$name.json"; then
     check "$name: the server started with every worker attached" false
     return
@@ -48,6 +53,11 @@ run() {
   check "$name: the server stopped cleanly" grep -q stopped "$tmp/$name.log"
 }
 
+# The documented example, config/two-workers.json, on this test's ports.
+jq --arg a "127.0.0.1:$port_a" --arg b "127.0.0.1:$port_b" '.placement[0].worker = $a | .placement[1].worker = $b' \
+  "$src/config/two-workers.json" >"$tmp/example.json"
+run_config example \
+  "replica 0: stage 0 on 127.0.0.1:$port_a (layers 0-9), stage 1 on 127.0.0.1:$port_b (layers 10-19), stage 2 here (layers 20-29)"
 run middle_last '{"pp": 3}' \
   "[{\"stage\": 1, \"worker\": \"127.0.0.1:$port_a\"}, {\"stage\": 2, \"worker\": \"127.0.0.1:$port_b\"}]" \
   "replica 0: stage 0 here (layers 0-9), stage 1 on 127.0.0.1:$port_a (layers 10-19), stage 2 on 127.0.0.1:$port_b (layers 20-29)"
