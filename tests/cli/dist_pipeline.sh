@@ -70,6 +70,33 @@ run replica '{"pp": 2, "replicas": 2}' "[{\"replica\": 1, \"worker\": \"127.0.0.
   "replica 0: stages 0-1 here (layers 0-29); replica 1: stages 0-1 on 127.0.0.1:$port_b"
 check "the replica run sent requests to the worker's replica" grep -q "link to 127.0.0.1:$port_b (stages 0..1): [1-9]" "$tmp/replica.log"
 
+# f16 activations: half the bytes; the texts may differ from one process's, so only that it serves is checked.
+printf '{"engine": {"pp": 2}, "placement": [{"stage": 1, "worker": "127.0.0.1:%s"}], "remote": {"activations": "f16"}}\n' \
+  "$port_a" >"$tmp/f16.json"
+if start_serve f16 "$tmp/f16.json"; then
+  check "f16: the start-up log says so" grep -q "activations cross as f16" "$tmp/f16.log"
+  text=$(complete "$url" "${prompts[0]}")
+  check "f16: a completion succeeds ($(cat "$tmp/status") $text)" test "$(cat "$tmp/status")" = 200 -a ${#text} -gt 10
+  stop_pid "$spid"
+fi
+
+# Placements the plan cannot have are refused at start-up with a message naming the problem.
+bad_config() {  # bad_config JSON EXPECTED_MESSAGE
+  echo "$1" >"$tmp/bad.json"
+  local out rc
+  out=$("$troupe" bench --model "$model" --config "$tmp/bad.json" -p 0 -n 1 -r 1 --no-warmup 2>&1)
+  rc=$?
+  check "refused: $1 (rc $rc: $(tail -1 <<<"$out"))" bash -c '[ "$1" -ne 0 ] && grep -qF -- "$2" <<<"$3"' _ "$rc" "$2" "$out"
+}
+bad_config '{"engine": {"pp": 2}, "placement": [{"stage": 2, "worker": "127.0.0.1:9"}]}' "outside the pipeline"
+bad_config '{"engine": {"pp": 2}, "placement": [{"stage": 1, "worker": "127.0.0.1:9"}, {"stage": 1, "worker": "127.0.0.1:8"}]}' \
+  "placed twice"
+bad_config '{"placement": [{"stage": 0}]}' '"worker": "HOST:PORT" is required'
+bad_config '{"placement": [{"stage": 0, "worker": "nohost"}]}' "expected HOST:PORT"
+bad_config '{"placement": [{"stage": 0, "worker": "127.0.0.1:1", "gpu": 3}]}' "unknown key gpu"
+bad_config '{"remote": {"activations": "int8"}}' "bad value"
+bad_config '{"engine": {"replicas": 1}, "placement": [{"replica": 1, "worker": "127.0.0.1:9"}]}' "replica 1 does not exist"
+
 check "worker a logged its attaches" test "$(grep -c 'worker: attached by' "$tmp/wa.log")" -ge 3
 check "worker b logged its attaches" test "$(grep -c 'worker: attached by' "$tmp/wb.log")" -ge 3
 check "worker a released every attach" grep -q 'an attach ended .*; 0 active' "$tmp/wa.log"
