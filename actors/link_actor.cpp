@@ -136,6 +136,10 @@ caf::behavior link_actor(LinkActor* self, LinkInit init) {
         }
         Blob out;
         if (s.init.spec.stage_begin > 0) {
+          if (!x.ptr || x->size() != static_cast<size_t>(step->layout.n_tokens) * n_embd) {
+            self->send(s.init.scheduler, failed_atom::value, step->step_id, "link: activations of the wrong size");
+            return;
+          }
           WireHeader h{dtype, WireKind::activations, s.session, step->step_id,
                        static_cast<uint32_t>(step->layout.n_tokens), static_cast<uint32_t>(n_embd)};
           out.bytes = encode_rows(h, x->data());

@@ -93,7 +93,7 @@ HttpResponse health(const ServerState& state) {
   const Backend* backend = state.backend.load();
   if (!backend) return json_response(format_health("loading"), 503);
   // Replicas whose workers are unreachable (docs/distributed.md): none left is 503, some is "degraded".
-  const Engine::Health engine = backend->engine->health();
+  const Engine::Health engine = backend->engine ? backend->engine->health() : Engine::Health{1, {}};
   if (engine.replicas_up == 0) return json_response(format_health("unavailable", engine.detail), 503);
   const uint64_t restarts = state.shard_restarts.load(), failed = state.failed_requests.load();
   if (restarts == 0 && failed == 0 && engine.detail.empty()) return json_response(format_health("ok"));
