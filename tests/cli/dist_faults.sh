@@ -4,7 +4,8 @@
 # stays up, /health says 503 "unavailable" naming the worker, a new request is refused at once with 503; a request
 # on a second, local replica still succeeds meanwhile; after the worker restarts on the same port the coordinator
 # re-attaches by itself and greedy outputs are again those of one process. A worker stopped with SIGSTOP (silent,
-# connection open) is declared down by the step timeout and the heartbeat.
+# connection open) is declared down by the step timeout. A shard that dies on a worker (TROUPE_FAULT) is respawned
+# there: only the request in that step fails.
 # Usage: dist_faults.sh TROUPE_BINARY SOURCE_DIR
 set -u
 troupe=$(realpath "$1")
@@ -25,7 +26,9 @@ stream() {
 # wait_chunks FILE N: until FILE holds N data events (at most 30 s)
 wait_chunks() {
   for _ in $(seq 300); do
-    [ "$(grep -c '^data: {' "$1" 2>/dev/null)" -ge "$2" ] && return 0
+    local n
+    n=$(grep -c '^data: {' "$1" 2>/dev/null)
+    [ "${n:-0}" -ge "$2" ] && return 0
     sleep 0.1
   done
   return 1
@@ -106,4 +109,16 @@ kill -CONT "$wpid2"
 
 stop_pid "$spid"
 check "the server stopped cleanly" grep -q stopped "$tmp/placed.log"
+
+# ---- a shard that dies on the worker: respawned there; only the request in that step fails ----
+start_worker w2 || exit 1
+echo "{\"engine\": {\"pp\": 2, \"tp\": 2}, \"placement\": [{\"stage\": 1, \"worker\": \"127.0.0.1:$wport\"}]}" \
+  >"$tmp/shard.json"
+TROUPE_FAULT=0:1:1:5 start_serve shard "$tmp/shard.json" || exit 1
+complete "$url" "${prompts[1]}" >/dev/null
+check "the request whose step lost a remote shard fails with 503 ($(cat "$tmp/status"))" \
+  bash -c "[ $(cat "$tmp/status") = 503 ] && grep -q 'shard 1 of stage 1 died' '$tmp/body'"
+text=$(complete "$url" "${prompts[1]}")
+check "the next request succeeds with the single-process text ($text)" test "$text" = "$(cat "$tmp/ref.1")"
+stop_pid "$spid"
 finish

@@ -73,7 +73,7 @@ curl -s -N -H 'Content-Type: application/json' \
   --data-binary '{"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "stream": true, "ignore_eos": true}' \
   "$url/v1/completions" >"$tmp/stream" &
 cpid=$!
-for _ in $(seq 300); do [ "$(grep -c '^data: {' "$tmp/stream")" -ge 3 ] && break; sleep 0.1; done
+for _ in $(seq 300); do n=$(grep -c '^data: {' "$tmp/stream" 2>/dev/null); [ "${n:-0}" -ge 3 ] && break; sleep 0.1; done
 ip -n "$ns_w" link set "tw$id" down
 took=
 for t in $(seq 150); do kill -0 "$cpid" 2>/dev/null || { took=$t; break; }; sleep 0.1; done
