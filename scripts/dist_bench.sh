@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # dist_bench.sh: what a pipeline split across two processes costs (docs/distributed.md, "Measured"). `troupe bench`
 # on the same plan (pp 2) three ways, alternated round by round: both stages in this process; stage 1 on a worker
-# (the logits cross back); stage 0 on a worker (only activations cross). Prints prefill and decode tokens/s (mean of
-# the rounds' means ± their standard deviation) and the bytes the worker received and sent per decoded token
+# (the logits cross back); stage 0 on a worker (only activations cross). Prints prefill and decode tokens/s (median
+# of the rounds, with their range) and the bytes the worker received and sent per decoded token
 # (strace of its socket calls over a decode-only run, when strace is installed).
 # Usage: scripts/dist_bench.sh [TROUPE_BINARY] [ROUNDS] [extra troupe bench flags...]
 set -u
@@ -60,12 +60,14 @@ for kind in names:
         for t in d["tests"]:
             key = f"pp{t['n_prompt']}" if t["n_prompt"] else f"tg{t['n_gen']}"
             per_test.setdefault(key, []).append(t["avg_ts"])
-    rows[kind] = {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in per_test.items()}
+    rows[kind] = {k: (statistics.median(v), min(v), max(v)) for k, v in per_test.items()}
 tests = list(rows["local"])
+print(f"tokens/s, median of {rounds} rounds (min-max); each round's figure is the mean of 3 samples")
+print()
 print("| placement | " + " | ".join(f"{t} tok/s" for t in tests) + " |")
 print("|---|" + "---|" * len(tests))
 for kind, label in names.items():
-    print(f"| {label} | " + " | ".join(f"{rows[kind][t][0]:.1f} ± {rows[kind][t][1]:.1f}" for t in tests) + " |")
+    print(f"| {label} | " + " | ".join(f"{rows[kind][t][0]:.1f} ({rows[kind][t][1]:.0f}-{rows[kind][t][2]:.0f})" for t in tests) + " |")
 print()
 import os
 if os.path.exists(f"{tmp}/bytes"):
