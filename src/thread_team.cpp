@@ -1,6 +1,6 @@
 // thread_team.cpp: work is cut into chunks that every member claims from one counter, so a member the system has
 // not scheduled yet costs nothing: whoever runs takes the next chunk (the caller included). The counter carries the
-// task's generation in its high half, so a worker that wakes late can never claim a chunk of a later task.
+// task's generation in its high half, so a worker that wakes late can never claim a chunk of another task.
 #include "thread_team.hpp"
 
 #include <immintrin.h>
@@ -26,7 +26,7 @@ bool spin_until(Ready ready) {
   }
 }
 
-inline uint64_t pack(uint32_t generation, uint32_t chunk) { return (uint64_t{generation} << 32) | chunk; }
+inline uint64_t pack(uint32_t generation, uint32_t left) { return (uint64_t{generation} << 32) | left; }
 }  // namespace
 
 ThreadTeam::ThreadTeam(int size) {
@@ -49,18 +49,21 @@ void ThreadTeam::chunk_range(uint32_t chunk, int64_t& begin, int64_t& end) const
   end = std::min(n_, u1 * align_);
 }
 
-// Claims and runs chunks of task `generation` until none is left.
+// Claims and runs chunks of task `generation` until none is left. The counter holds the generation and the number
+// of chunks still unclaimed, so a worker still looking at an earlier task sees either another generation or none
+// left, and never reads the next task's fields before it holds a claim on it.
 void ThreadTeam::take_chunks(uint32_t generation) {
-  uint64_t next = next_.load(std::memory_order_acquire);
+  uint64_t cur = next_.load(std::memory_order_acquire);
   for (;;) {
-    if (static_cast<uint32_t>(next >> 32) != generation || static_cast<uint32_t>(next) >= n_chunks_) return;
-    if (!next_.compare_exchange_weak(next, next + 1, std::memory_order_acq_rel)) continue;
-    // The task cannot change while a chunk of it is claimed and not done: fn_ and the range are stable here.
+    const uint32_t left = static_cast<uint32_t>(cur);
+    if (static_cast<uint32_t>(cur >> 32) != generation || left == 0) return;
+    if (!next_.compare_exchange_weak(cur, cur - 1, std::memory_order_acq_rel)) continue;
+    // Holding an unfinished chunk of this task, the task cannot change: fn_, n_ and n_chunks_ are its own.
     int64_t begin, end;
-    chunk_range(static_cast<uint32_t>(next), begin, end);
+    chunk_range(n_chunks_ - left, begin, end);
     if (begin < end) (*fn_)(begin, end);
     if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_chunks_) done_.notify_one();
-    next = next_.load(std::memory_order_acquire);
+    cur = next_.load(std::memory_order_acquire);
   }
 }
 
@@ -72,7 +75,7 @@ void ThreadTeam::run(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
   n_chunks_ = static_cast<uint32_t>(std::max<int64_t>(1, std::min<int64_t>(units, size() * kChunksPerMember)));
   done_.store(0, std::memory_order_relaxed);
   const uint32_t g = generation_.load(std::memory_order_relaxed) + 1;
-  next_.store(pack(g, 0), std::memory_order_release);
+  next_.store(pack(g, n_chunks_), std::memory_order_release);
   generation_.store(g, std::memory_order_release);
   generation_.notify_all();
   take_chunks(g);

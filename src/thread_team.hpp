@@ -42,7 +42,7 @@ class ThreadTeam {
   int64_t n_ = 0, align_ = 1;
   uint32_t n_chunks_ = 0;
   std::atomic<uint32_t> generation_{0};  // bumped per task; workers sleep on it
-  std::atomic<uint64_t> next_{0};        // (generation << 32) | the next chunk to claim
+  std::atomic<uint64_t> next_{0};        // (generation << 32) | chunks not yet claimed
   std::atomic<uint32_t> done_{0};        // chunks of the current task finished
   std::atomic<bool> stop_{false};
 };

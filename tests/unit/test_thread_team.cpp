@@ -56,3 +56,18 @@ TEST_CASE("thread team: a forward pass split over a team gives the same logits b
   REQUIRE(b.has_value());
   CHECK(std::memcmp(*a, *b, model->config().n_vocab * sizeof(float)) == 0);
 }
+
+// Tasks of changing sizes back to back: a worker still finishing one task must not claim a piece of the next (an
+// earlier version could, and then miscounted the next task's pieces and waited forever).
+TEST_CASE("thread team: thousands of back-to-back tasks of changing sizes each run every index once") {
+  ThreadTeam team(3);
+  std::vector<int> hits(64);
+  for (int rep = 0; rep < 20000; ++rep) {
+    const int64_t n = 1 + (rep * 7) % 61;
+    std::fill(hits.begin(), hits.end(), 0);
+    team.run(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) ++hits[i];
+    });
+    for (int64_t i = 0; i < n; ++i) REQUIRE(hits[i] == 1);
+  }
+}
