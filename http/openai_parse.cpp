@@ -151,7 +151,11 @@ class Reader {
     if (!v) return std::nullopt;
     if (!v->is_number()) return fail(quoted(key) + " must be a number " + range, key), std::nullopt;
     const double x = v->get<double>();
-    if (!in_range(x)) return fail(quoted(key) + " must be a number " + range, key), std::nullopt;
+    // The engine gets a float: a value whose float falls outside the range is refused too (1e-300 is in (0, 1] but
+    // its float is 0, and a repetition_penalty of 0 divides by zero).
+    if (!in_range(x) || !in_range(static_cast<float>(x))) {
+      return fail(quoted(key) + " must be a number " + range, key), std::nullopt;
+    }
     return x;
   }
 

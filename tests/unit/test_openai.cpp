@@ -152,6 +152,25 @@ TEST_CASE("openai: every type and range error is a 400 naming its field") {
   CHECK(parse_chat_request(chat_with(R"("stop": ")" + std::string(256, 'x') + "\""), kLimits));
 }
 
+// Found by fuzz_openai: 1e-300 is in (0, 1], but the engine gets a float, and its float is 0 (a repetition_penalty of
+// 0 then divides logits by zero).
+TEST_CASE("openai: a number in range whose float is not is refused") {
+  for (const char* field : {"top_p", "repetition_penalty"}) {
+    for (const char* value : {"1e-300", "1e-46", "4.9e-324"}) {
+      const std::string fields = std::string("\"") + field + "\": " + value;
+      CAPTURE(fields);
+      const ApiError e = chat_error(chat_with(fields));
+      CHECK(e.param == field);
+      CHECK(e.status == 400);
+    }
+  }
+  auto tiny = parse_chat_request(chat_with(R"("top_p": 1e-30, "repetition_penalty": 1e-30, "temperature": 1e-300)"), kLimits);
+  REQUIRE(tiny);
+  CHECK(tiny->params.sampling.top_p > 0);
+  CHECK(tiny->params.sampling.repetition_penalty > 0);
+  CHECK(tiny->params.sampling.temperature == 0);  // [0, 2] holds 0: greedy
+}
+
 TEST_CASE("openai: the limits from the command line bound n and top_logprobs") {
   const RequestLimits tight{2, 5, 100};
   CHECK(!parse_chat_request(chat_with(R"("n": 3)"), tight));
