@@ -158,6 +158,7 @@ void Session::read_request() {
   phase_ = Phase::reading;
   if (stopping_) return client_gone();
   if (buffer_.size() > 0) return read_header();  // a pipelined request is already here
+  if (peer_done_) return client_gone();          // and nothing more will come
   stream_.expires_after(std::chrono::seconds(ctx_.state.options.idle_timeout_s));
   stream_.async_read_some(buffer_.prepare(kReadChunk),
                           beast::bind_front_handler(&Session::on_first_bytes, shared_from_this()));
@@ -174,6 +175,7 @@ void Session::read_header() {
   parser_.emplace();
   parser_->header_limit(static_cast<std::uint32_t>(std::min<size_t>(o.max_header_bytes, UINT32_MAX)));
   parser_->body_limit(o.max_body_bytes);
+  if (peer_done_) return parse_buffered();
   start_read_deadline();
   bhttp::async_read_header(stream_, buffer_, *parser_, beast::bind_front_handler(&Session::on_header, shared_from_this()));
 }
@@ -196,6 +198,25 @@ void Session::start_read_deadline() {
 void Session::stop_read_deadline() {
   ++read_serial_;  // a deadline handler already queued sees it is stale
   read_deadline_.cancel();
+}
+
+// The client has sent its last byte: the request is parsed from what is buffered, with the end of stream after it.
+// (No read may follow a read that returned the end of stream: Asio's reactor has seen the socket's last readiness
+// edge, and such a read would wait until a timeout.)
+void Session::parse_buffered() {
+  beast::error_code ec;
+  while (!parser_->is_done()) {
+    const size_t n = parser_->put(buffer_.data(), ec);
+    buffer_.consume(n);
+    if (ec == bhttp::error::need_more || (!ec && n == 0)) {
+      ec = {};
+      parser_->put_eof(ec);  // complete, or cut short (400)
+      break;
+    }
+    if (ec) break;
+  }
+  if (ec) return on_read_error(ec);
+  dispatch();
 }
 
 void Session::on_header(beast::error_code ec, size_t) {
@@ -224,6 +245,9 @@ void Session::on_body(beast::error_code ec, size_t) {
 }
 
 void Session::on_read_error(beast::error_code ec) {
+  if (ec == bhttp::error::partial_message || ec == bhttp::error::end_of_stream || ec == net::error::eof) {
+    peer_done_ = true;
+  }
   const bool timed_out = read_timed_out_ && ec == net::error::operation_aborted;
   stop_read_deadline();
   // Gone, or cancelled by a shutdown: close without an answer.
@@ -541,7 +565,7 @@ void Session::exchange_done() {
 
 void Session::watch() {
   const ServerOptions& o = ctx_.state.options;
-  if (watching_ || gone_ || buffer_.size() >= o.max_header_bytes + o.max_body_bytes) return;
+  if (watching_ || gone_ || peer_done_ || buffer_.size() >= o.max_header_bytes + o.max_body_bytes) return;
   watching_ = true;
   stream_.expires_never();  // the read only (a write in progress keeps its deadline)
   stream_.async_read_some(buffer_.prepare(kReadChunk), beast::bind_front_handler(&Session::on_watch, shared_from_this()));
@@ -549,15 +573,18 @@ void Session::watch() {
 
 void Session::on_watch(beast::error_code ec, size_t n) {
   watching_ = false;
+  if (ec == net::error::eof) peer_done_ = true;
   buffer_.commit(n);  // a pipelined request, kept for later
   if (after_watch_ != AfterWatch::none) {
     const AfterWatch next = std::exchange(after_watch_, AfterWatch::none);
     if (gone_) return;
-    if (next == AfterWatch::drain) return start_drain();
-    if (ec && ec != net::error::operation_aborted) return client_gone();
-    return read_request();
+    if (next == AfterWatch::drain) return peer_done_ ? client_gone() : start_drain();
+    if (ec && ec != net::error::operation_aborted && ec != net::error::eof) return client_gone();
+    return read_request();  // the client's end of stream may have beaten the cancel: what it sent is answered
   }
   if (gone_ || phase_ != Phase::handling) return;
+  // A half-close once the answer is whole (queued or being written): exchange_done answers what else was sent.
+  if (ec == net::error::eof && (!gen_ || gen_->finished())) return;
   if (ec) return client_gone();  // EOF or reset: the client left
   if (gen_) watch();
 }
@@ -578,6 +605,7 @@ void Session::client_gone() {
 // rather than a connection reset.
 void Session::close_after_drain() {
   phase_ = Phase::closing;
+  if (peer_done_) return client_gone();  // it sends nothing more: nothing to drain
   beast::error_code ec;
   stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
   if (ec) return client_gone();

@@ -13,6 +13,8 @@
 //                  write completed; a stream sends ": ping" every second until its first token
 //   watch          while a generation runs one async_read_some stays outstanding: EOF or an error means the client
 //                  left, and its engine requests are cancelled (as they are by the destructor)
+//   end of stream  once a read returned it (a half-close) nothing reads again: what is buffered is still answered,
+//                  parsed as if the stream ended after it, then the connection closes
 //   shutdown       from Server::stop: in-flight generations end with 503 / an error event, idle connections close
 #pragma once
 
@@ -83,6 +85,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_request();
   void on_first_bytes(beast::error_code ec, size_t n);
   void read_header();
+  void parse_buffered();
   void on_header(beast::error_code ec, size_t n);
   void read_body();
   void on_body(beast::error_code ec, size_t n);
@@ -147,6 +150,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool stopping_ = false;      // shutdown() was called
   bool gone_ = false;          // the client left or the socket is closed
   bool watching_ = false;      // a watch read is outstanding
+  bool peer_done_ = false;     // a read returned the client's end of stream: it sends nothing more, and nothing reads
   AfterWatch after_watch_ = AfterWatch::none;
   bool writing_ = false;
 

@@ -4,7 +4,8 @@ Malformed, truncated and non-object JSON; huge and fractional numbers; NaN and I
 400000 levels); invalid UTF-8 and lone surrogate escapes; bodies and headers over the limits; slowloris on the
 headers and on the body, and requests cut short then silent (408 after --read-timeout 2, then closed); 200 idle
 connections while others are answered, and their closing without a byte; keep-alive closed silently after
---idle-timeout 3; pipelined requests answered in order; malformed request lines;
+--idle-timeout 3; pipelined requests answered in order, and one cut short behind a generation answered 400 after
+a half-close; malformed request lines;
 SIGTERM while requests stream (exit 0). After each case the server must still answer /health, and no error body
 may carry a host path.
 """
@@ -12,6 +13,7 @@ import http.client
 import json
 import os
 import select
+import socket
 import sys
 import threading
 import time
@@ -294,6 +296,29 @@ with Server(binary, model, ["--read-timeout", str(READ_TIMEOUT), "--idle-timeout
             t.check(rs[0].json().get("status") == "ok" and "tokens" in rs[1].json()
                     and rs[3].json().get("object") == "list", "pipelined answers out of order")
         still_healthy(s, "pipelining")
+
+    with t.section("a request cut short behind a generation, then a half-close"):
+        # Found by fuzz_http: the client's end of stream could beat the server's cancel of its watch read, and the
+        # request cut short was then dropped without its 400 (one time in a few). Either order must answer it.
+        body = chat_body()
+        req = (b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (CHAT.encode(), len(body), body))
+        for attempt in range(12):
+            with s.connect() as sock:
+                sock.sendall(req + b"GET /hea")
+                got, t0 = b"", time.monotonic()
+                while not read_responses(got) and time.monotonic() - t0 < 30:
+                    readable, _, _ = select.select([sock], [], [], 1)
+                    chunk = sock.recv(65536) if readable else b""
+                    if readable and not chunk:
+                        break
+                    got += chunk
+                sock.shutdown(socket.SHUT_WR)
+                _, rest = closed_within(sock, MARGIN)
+                statuses = [r.status for r in read_responses(got + rest)]
+                if not t.check(statuses == [200, 400], f"attempt {attempt}: answers {statuses}, expected [200, 400]"):
+                    break
+        still_healthy(s, "a request cut short behind a generation")
 
     with t.section("malformed request lines"):
         refused = [b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\nHost: t\r\n\r\n",
