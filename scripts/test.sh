@@ -6,5 +6,6 @@ scripts/setup.sh
 scripts/build.sh
 scripts/fetch-model.sh >/dev/null
 ctest --test-dir build --output-on-failure -j "$(nproc)"
-# The GGUF loader's fuzzer, briefly (scripts/fuzz.sh SECONDS runs it longer).
-if [ -x scripts/fuzz.sh ]; then scripts/fuzz.sh "${TROUPE_FUZZ_SECONDS:-30}"; fi
+# The fuzzers (GGUF loader, tokenizer, request parser, HTTP layer, worker wire decoder), 45 s each unless
+# TROUPE_FUZZ_SECONDS says; scripts/fuzz.sh SECONDS runs them longer (docs/hardening.md).
+scripts/fuzz.sh "${TROUPE_FUZZ_SECONDS:-45}"

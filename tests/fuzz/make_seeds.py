@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""make_seeds.py OUT_DIR [MODEL]: small valid GGUF files for the fuzzer's seed corpus (and the model's first 64 KiB)."""
+"""make_seeds.py OUT_DIR [MODEL]: small valid GGUF files for fuzz_gguf's seed corpus (and the model's first 64 KiB).
+
+The committed corpus is its output: python3 tests/fuzz/make_seeds.py tests/fuzz/corpus/fuzz_gguf
+"""
 import os
 import struct
 import sys
