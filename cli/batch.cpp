@@ -31,7 +31,7 @@
 
 #include "commands.hpp"
 #include "engine.hpp"
-#include "gguf.hpp"
+#include "load.hpp"
 #include "prompt.hpp"
 
 namespace troupe::cli {
@@ -319,13 +319,11 @@ extern "C" void on_sigint(int) {
 
 int run_batch(BatchOptions o) {
   if (o.verbose) spdlog::set_level(spdlog::level::debug);
-  auto file = GgufFile::open(o.model_path);
-  if (!file) return fail(file.error());
-  auto model = Model::load(*file);
-  if (!model) return fail(model.error());
-  auto tokenizer = Tokenizer::from_gguf(**file);
-  if (!tokenizer) return fail(tokenizer.error());
-  const ModelConfig& c = (*model)->config();
+  auto loaded = load_model(o.model_path);
+  if (!loaded) return fail(loaded.error());
+  const GgufFile& file = *loaded->file;
+  const Tokenizer& tokenizer = loaded->tokenizer;
+  const ModelConfig& c = loaded->model->config();
   auto bias = parse_logit_bias(o.logit_bias, c.n_vocab);
   if (!bias) return fail(bias.error());
   o.params.sampling.logit_bias = std::move(*bias);
@@ -369,7 +367,7 @@ int run_batch(BatchOptions o) {
   if (!jobs.empty()) {
     auto plan = resolve_plan(o.plan, c);
     if (!plan) return fail(plan.error());
-    auto started = Engine::start(*model, *tokenizer, *plan);
+    auto started = Engine::start(loaded->model, tokenizer, *plan);
     if (!started) return fail(started.error());
     engine = std::move(*started);
   }
@@ -380,11 +378,11 @@ int run_batch(BatchOptions o) {
   auto encode = [&](Job& job) -> Expected<void> {
     if (!job.tokens.empty()) return {};
     if (job.prompt) {
-      job.tokens = encode_text(*tokenizer, *job.prompt);
+      job.tokens = encode_text(tokenizer, *job.prompt);
     } else {
-      if (!chat_template) chat_template = load_chat_template(**file);
+      if (!chat_template) chat_template = load_chat_template(file);
       if (!*chat_template) return chat_template->error();
-      auto tokens = encode_chat(**chat_template, *tokenizer, job.messages);
+      auto tokens = encode_chat(**chat_template, tokenizer, job.messages);
       if (!tokens) return tokens.error();
       job.tokens = std::move(*tokens);
     }

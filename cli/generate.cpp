@@ -5,10 +5,8 @@
 #include <random>
 
 #include "commands.hpp"
-#include "gguf.hpp"
-#include "model.hpp"
+#include "load.hpp"
 #include "prompt.hpp"
-#include "tokenizer.hpp"
 
 namespace troupe::cli {
 
@@ -37,31 +35,26 @@ int run_generate(GenerateOptions o) {
   if (o.prompt.empty() == o.chat.empty()) {
     return fail({ErrorKind::invalid_argument, "give exactly one of --prompt and --chat"});
   }
-  auto file = GgufFile::open(o.model_path);
-  if (!file) return fail(file.error());
-  auto model = Model::load(*file);
-  if (!model) return fail(model.error());
-  auto tokenizer = Tokenizer::from_gguf(**file);
-  if (!tokenizer) return fail(tokenizer.error());
-  const ModelConfig& c = (*model)->config();
-  if (tokenizer->n_vocab() != c.n_vocab) {
-    return fail({ErrorKind::invalid_model, o.model_path + ": the vocabulary has " + std::to_string(tokenizer->n_vocab()) +
-                                               " tokens but the embedding has " + std::to_string(c.n_vocab) + " rows"});
-  }
+  auto loaded = load_model(o.model_path);
+  if (!loaded) return fail(loaded.error());
+  const GgufFile& file = *loaded->file;
+  const Tokenizer& tokenizer = loaded->tokenizer;
+  const std::shared_ptr<const Model>& model = loaded->model;
+  const ModelConfig& c = model->config();
 
   auto bias = parse_logit_bias(o.logit_bias, c.n_vocab);
   if (!bias) return fail(bias.error());
   o.params.sampling.logit_bias = std::move(*bias);
-  auto prompt = build_prompt(o, **file, *tokenizer);
+  auto prompt = build_prompt(o, file, tokenizer);
   if (!prompt) return fail(prompt.error());
 
   const int n_ctx = std::min(o.ctx_size, c.n_ctx_train);
-  Forward forward(*model, o.batch_size, o.precision);
+  Forward forward(model, o.batch_size, o.precision);
   KvCache cache = forward.make_cache(n_ctx);
   spdlog::debug("model: {} layers, {} embd, {} heads ({} kv), vocab {}; kernels {}; context {} ({} MiB KV)",
                 c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_vocab, kernels().name, n_ctx, cache.bytes() >> 20);
 
-  auto stats = generate(forward, cache, *tokenizer, *prompt, o.params, [](std::string_view text) {
+  auto stats = generate(forward, cache, tokenizer, *prompt, o.params, [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
     return true;

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "commands.hpp"
-#include "gguf.hpp"
+#include "load.hpp"
 #include "prompt.hpp"
 #include "server.hpp"
 
@@ -166,37 +166,31 @@ Expected<Settings> resolve_settings(const ServeOptions& o) {
 // Loads the model and starts the engine: the backend the server answers with.
 Expected<std::shared_ptr<http::Backend>> load(const Settings& s, const PlanOptions& plan_options) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto file = GgufFile::open(s.model);
-  if (!file) return file.error();
-  auto model = Model::load(*file);
-  if (!model) return model.error();
-  auto tokenizer = Tokenizer::from_gguf(**file);
-  if (!tokenizer) return tokenizer.error();
-  const ModelConfig& c = (*model)->config();
-  if (tokenizer->n_vocab() != c.n_vocab) {
-    return Error{ErrorKind::invalid_model, "the vocabulary has " + std::to_string(tokenizer->n_vocab()) +
-                                               " tokens but the embedding has " + std::to_string(c.n_vocab) + " rows"};
-  }
+  auto loaded = load_model(s.model);
+  if (!loaded) return loaded.error();
+  const std::shared_ptr<const GgufFile>& file = loaded->file;
+  const Tokenizer& tokenizer = loaded->tokenizer;
+  const ModelConfig& c = loaded->model->config();
   auto plan = resolve_plan(plan_options, c);
   if (!plan) return plan.error();
-  auto engine = Engine::start(*model, *tokenizer, *plan);
+  auto engine = Engine::start(loaded->model, tokenizer, *plan);
   if (!engine) return engine.error();
 
-  auto backend = std::make_shared<http::Backend>(*tokenizer);
+  auto backend = std::make_shared<http::Backend>(tokenizer);
   backend->model_id = s.served_model_name;
   backend->created = std::chrono::duration_cast<std::chrono::seconds>(
                          std::chrono::system_clock::now().time_since_epoch()).count();
   backend->n_ctx = (*engine)->plan().max_context;
   backend->engine = std::move(*engine);
   // A model without a chat template still serves /v1/completions; chat requests then get the template's error.
-  auto tmpl = load_chat_template(**file);
+  auto tmpl = load_chat_template(*file);
   if (!tmpl) spdlog::warn("no usable chat template ({}): /v1/chat/completions will refuse requests", tmpl.error().message);
-  backend->encode_chat = [tmpl, tok = *tokenizer, keep = *file](const std::vector<ChatMessage>& messages)
+  backend->encode_chat = [tmpl, tok = tokenizer, keep = file](const std::vector<ChatMessage>& messages)
       -> Expected<std::vector<TokenId>> {
     if (!tmpl) return tmpl.error();
     return encode_chat(*tmpl, tok, messages);
   };
-  backend->encode_text = [tok = *tokenizer](const std::string& text) { return encode_text(tok, text); };
+  backend->encode_text = [tok = tokenizer](const std::string& text) { return encode_text(tok, text); };
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   spdlog::info("model {} loaded in {:.2f} s: {} layers, vocab {}, context {}; serving as '{}'",
                std::filesystem::path(s.model).filename().string(), seconds, c.n_layer, c.n_vocab, backend->n_ctx,

@@ -1,20 +1,25 @@
 // The GGUF loader on files built in memory (tests/unit/gguf_writer.hpp): every value type round-trips, and each kind
 // of malformed file is refused with a one-line Error naming what is wrong, without a crash or a huge allocation.
-// Also the real default model, opened from disk.
+// Then load_model on a tiny complete llama file: metadata of the wrong type, a vocabulary that does not match the
+// embedding, BOS/EOS outside the vocabulary. Also the real default model, opened from disk. docs/hardening.md maps
+// issue 8's GGUF checklist onto these tests.
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <new>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gguf.hpp"
 #include "gguf_writer.hpp"
+#include "load.hpp"
 #include "test_util.hpp"
 
 using namespace troupe;
@@ -288,6 +293,73 @@ TEST_CASE("gguf: truncation at every byte fails cleanly, the whole file parses")
     CHECK_MESSAGE((m.find("truncated") != std::string::npos || m.find("larger than the file") != std::string::npos ||
                    m.find("past the end") != std::string::npos),
                   m);
+  }
+}
+
+TEST_CASE("gguf: truncation at each section boundary names what is missing") {
+  GgufWriter w;
+  w.add("general.architecture", gv::str("llama"));  // 8 + 20 + 4 + 8 + 5 = 45 bytes
+  w.add("llama.block_count", gv::u32(2));           // 8 + 17 + 4 + 4 = 33
+  w.tensor("a.weight", {32, 2}, Q8_0);              // info 8 + 8 + 4 + 16 + 4 + 8 = 48; data 68 bytes at 0
+  w.tensor("b.weight", {4}, F32);                   // info 8 + 8 + 4 + 8 + 4 + 8 = 40; data 16 bytes at 96
+  const std::vector<uint8_t> full = w.build();
+  // header 24 | key/values to 102 | tensor infos to 190 | padding to 192 | data: a 192..260, b 288..304
+  REQUIRE(w.data_offset() == 192);
+  REQUIRE(full.size() == 304);
+  expect_ok(full);
+  const std::pair<size_t, std::vector<const char*>> cuts[] = {
+      {0, {"truncated", "magic"}},
+      {4, {"truncated", "version"}},
+      {8, {"truncated", "tensor count"}},
+      {16, {"truncated", "metadata count"}},
+      {24, {"metadata count 2", "larger than the file"}},                     // after the header
+      {69, {"tensor count 2", "larger than the file"}},                       // after the first key/value
+      {102, {"larger than the file"}},                                        // after the key/values
+      {150, {"truncated", "tensor 1 name"}},                                  // after the first tensor info
+      {190, {"truncated", "tensor data section is missing"}},                 // after the tensor infos
+      {192, {"'a.weight'", "past the end"}},                                  // at the data section
+      {260, {"'b.weight'", "past the end"}},                                  // after the first tensor's data
+      {303, {"'b.weight'", "past the end"}},                                  // one byte short
+  };
+  for (const auto& [n, fragments] : cuts) {
+    CAPTURE(n);
+    std::vector<uint8_t> cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
+    std::string msg;
+    const size_t biggest = max_alloc_during([&] {
+      auto r = GgufFile::parse(std::move(cut));
+      REQUIRE_FALSE(r.has_value());
+      msg = r.error().message;
+    });
+    CAPTURE(msg);
+    CHECK(msg.find('\n') == std::string::npos);
+    for (const char* f : fragments) CHECK_MESSAGE(msg.find(f) != std::string::npos, "'" << f << "' not in: " << msg);
+    CHECK(biggest < (64u << 10));
+  }
+}
+
+TEST_CASE("gguf: counts one larger than the file holds") {
+  // A count that lies makes the reader take the next section's bytes for the missing item; what it then reads is
+  // refused (GGUF has no checksum: bytes that happen to form a valid file under the other reading would be taken).
+  {
+    GgufWriter w = small_writer();
+    w.n_kv = 5;  // four key/values are written: the first tensor info is read as the fifth, then garbage as tensors
+    expect_error(w.build(), {"tensor 0 name length", "too large"});
+  }
+  {
+    GgufWriter w = small_writer();
+    w.n_tensors = 3;  // two tensor infos are written: the padding is read as the third
+    expect_error(w.build(), {"tensor 2 has an empty name"});
+  }
+  {
+    GgufWriter w = small_writer();  // an array count one past its elements, at the end of the key/values
+    w.add("tokens", gv::arr_n(static_cast<uint32_t>(GgufValueType::string), 3, {gv::str("a"), gv::str("b")}));
+    expect_error(w.build(), {"tensor 0 name length", "too large"});
+  }
+  {
+    GgufWriter w;  // a string length one past the end of the file (no padding after it)
+    w.alignment = 1;
+    w.add("name", gv::str_n(4, "abc"));
+    expect_error(w.build(), {"truncated", "'name'"});
   }
 }
 
@@ -723,6 +795,171 @@ TEST_CASE("gguf: opening files from disk") {
   REQUIRE(!bad.has_value());
   CHECK(bad.error().kind == ErrorKind::invalid_model);
   CHECK(bad.error().message == std::string(file_template) + ": bad magic: not a GGUF file");
+}
+
+// ---- the loaders on top of the reader (load_model: the model, its tokenizer, the two checked together) ----
+
+namespace {
+
+// A complete llama file small enough to build per test: 1 layer, 32-wide, 2 query heads and 1 KV head of 16, FFN 64,
+// f32 weights (the writer's fill pattern), a byte-level BPE vocabulary of n_tokens made-up tokens and an embedding
+// of n_rows rows. `with` replaces (or adds) key/values by key; a key mapped to nullopt is left out.
+GgufWriter tiny_llama(int n_tokens = 40, int n_rows = 40,
+                      const std::vector<std::pair<std::string, std::optional<GVal>>>& with = {}) {
+  std::vector<GVal> tokens, types;
+  for (int i = 0; i < n_tokens; ++i) {
+    tokens.push_back(gv::str(i == 0 ? "<s>" : i == 1 ? "</s>" : "t" + std::to_string(i)));
+    types.push_back(gv::i32(i < 2 ? 3 : 1));
+  }
+  std::vector<std::pair<std::string, std::optional<GVal>>> kvs = {
+      {"general.architecture", gv::str("llama")},
+      {"llama.block_count", gv::u32(1)},
+      {"llama.context_length", gv::u32(64)},
+      {"llama.embedding_length", gv::u32(32)},
+      {"llama.feed_forward_length", gv::u32(64)},
+      {"llama.attention.head_count", gv::u32(2)},
+      {"llama.attention.head_count_kv", gv::u32(1)},
+      {"llama.rope.freq_base", gv::f32(10000.0f)},
+      {"llama.attention.layer_norm_rms_epsilon", gv::f32(1e-5f)},
+      {"tokenizer.ggml.model", gv::str("gpt2")},
+      {"tokenizer.ggml.pre", gv::str("gpt2")},
+      {"tokenizer.ggml.tokens", gv::arr(GgufValueType::string, tokens)},
+      {"tokenizer.ggml.token_type", gv::arr(GgufValueType::i32, types)},
+      {"tokenizer.ggml.merges", gv::arr(GgufValueType::string, {})},
+      {"tokenizer.ggml.bos_token_id", gv::u32(0)},
+      {"tokenizer.ggml.eos_token_id", gv::u32(1)},
+  };
+  for (const auto& [key, value] : with) {
+    auto it = std::find_if(kvs.begin(), kvs.end(), [&](const auto& kv) { return kv.first == key; });
+    if (it == kvs.end()) kvs.emplace_back(key, value);
+    else it->second = value;
+  }
+  GgufWriter w;
+  for (const auto& [key, value] : kvs) {
+    if (value) w.add(key, *value);
+  }
+  const uint64_t rows = static_cast<uint64_t>(n_rows);
+  w.tensor("token_embd.weight", {32, rows}, F32);
+  w.tensor("output_norm.weight", {32}, F32);
+  w.tensor("blk.0.attn_norm.weight", {32}, F32);
+  w.tensor("blk.0.ffn_norm.weight", {32}, F32);
+  w.tensor("blk.0.attn_q.weight", {32, 32}, F32);
+  w.tensor("blk.0.attn_k.weight", {32, 16}, F32);
+  w.tensor("blk.0.attn_v.weight", {32, 16}, F32);
+  w.tensor("blk.0.attn_output.weight", {32, 32}, F32);
+  w.tensor("blk.0.ffn_gate.weight", {32, 64}, F32);
+  w.tensor("blk.0.ffn_up.weight", {32, 64}, F32);
+  w.tensor("blk.0.ffn_down.weight", {64, 32}, F32);
+  return w;
+}
+
+Expected<LoadedModel> load_bytes(const std::vector<uint8_t>& bytes) {
+  auto file = GgufFile::parse(bytes);
+  REQUIRE_MESSAGE(file.has_value(), "the reader refused the file: " << (file ? "" : file.error().message));
+  return load_model(*file);
+}
+
+// Loads expecting failure: an invalid_model Error of one line holding every fragment.
+std::string expect_load_error(const GgufWriter& w, std::initializer_list<const char*> fragments) {
+  auto r = load_bytes(w.build());
+  REQUIRE_MESSAGE(!r.has_value(), "a bad model was loaded");
+  const std::string& m = r.error().message;
+  CHECK(r.error().kind == ErrorKind::invalid_model);
+  CHECK(m.find('\n') == std::string::npos);
+  for (const char* f : fragments) CHECK_MESSAGE(m.find(f) != std::string::npos, "'" << f << "' not in: " << m);
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("gguf load: a tiny llama file loads") {
+  auto r = load_bytes(tiny_llama().build());
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().message));
+  CHECK(r->model->config().n_vocab == 40);
+  CHECK(r->tokenizer.n_vocab() == 40);
+  CHECK(r->tokenizer.bos() == 0);
+  CHECK(r->tokenizer.eos() == 1);
+}
+
+TEST_CASE("gguf load: a vocabulary inconsistent with the embedding rows is refused") {
+  expect_load_error(tiny_llama(41, 40), {"GGUF: ", "the vocabulary has 41 tokens but the embedding has 40 rows"});
+  expect_load_error(tiny_llama(40, 41), {"the vocabulary has 40 tokens but the embedding has 41 rows"});
+  // an output matrix with other rows than the embedding
+  GgufWriter w = tiny_llama();
+  w.tensor("output.weight", {32, 39}, F32);
+  expect_load_error(w, {"'output.weight'", "shape 32 x 39", "expected 32 x 40"});
+}
+
+TEST_CASE("gguf load: metadata of the wrong type is refused, naming the key") {
+  const std::vector<GVal> ids = {gv::i32(1), gv::i32(2)};
+  const std::vector<std::tuple<std::string, GVal, const char*>> cases = {
+      {"general.architecture", gv::u32(1), "expected string"},
+      {"llama.block_count", gv::str("1"), "expected an integer"},
+      {"llama.embedding_length", gv::f32(32), "expected an integer"},
+      {"llama.context_length", gv::boolean(true), "expected an integer"},
+      {"llama.attention.head_count", gv::arr(GgufValueType::u32, {gv::u32(2)}), "expected an integer"},
+      {"llama.rope.freq_base", gv::str("10000"), "expected a number"},
+      {"llama.attention.layer_norm_rms_epsilon", gv::str("1e-5"), "expected a number"},
+      {"tokenizer.ggml.model", gv::u32(2), "expected string"},
+      {"tokenizer.ggml.pre", gv::u32(0), "is not a string"},
+      {"tokenizer.ggml.tokens", gv::arr(GgufValueType::i32, ids), "not an array of string"},
+      {"tokenizer.ggml.tokens", gv::str("<s>"), "not an array of string"},
+      {"tokenizer.ggml.token_type", gv::arr(GgufValueType::string, {gv::str("1")}), "not an array of i32"},
+      {"tokenizer.ggml.merges", gv::str("a b"), "not an array of string"},
+      {"tokenizer.ggml.bos_token_id", gv::str("0"), "is not an integer"},
+      {"tokenizer.ggml.eos_token_id", gv::f32(1), "is not an integer"},
+      {"tokenizer.ggml.add_bos_token", gv::u8(1), "is not a boolean"},
+  };
+  for (const auto& [key, value, fragment] : cases) {
+    CAPTURE(key);
+    expect_load_error(tiny_llama(40, 40, {{key, value}}), {key.c_str(), fragment});
+  }
+  // and missing ones
+  for (const char* key : {"llama.block_count", "llama.embedding_length", "tokenizer.ggml.tokens",
+                          "tokenizer.ggml.model", "tokenizer.ggml.merges"}) {
+    CAPTURE(key);
+    expect_load_error(tiny_llama(40, 40, {{key, std::nullopt}}), {"missing", key});
+  }
+  // hyperparameters out of range
+  expect_load_error(tiny_llama(40, 40, {{"llama.block_count", gv::i64(-1)}}), {"llama.block_count", "out of range"});
+  expect_load_error(tiny_llama(40, 40, {{"llama.attention.head_count", gv::u32(3)}}), {"multiple of head_count"});
+  expect_load_error(tiny_llama(40, 40, {{"llama.rope.freq_base", gv::f32(NAN)}}), {"rope.freq_base"});
+}
+
+TEST_CASE("gguf load: BOS and EOS ids outside the vocabulary are refused") {
+  const std::vector<std::pair<std::string, GVal>> cases = {
+      {"tokenizer.ggml.bos_token_id", gv::u32(40)},         {"tokenizer.ggml.bos_token_id", gv::i32(-2)},
+      {"tokenizer.ggml.bos_token_id", gv::u64(1ull << 40)}, {"tokenizer.ggml.eos_token_id", gv::u32(40)},
+      {"tokenizer.ggml.eos_token_id", gv::i64(INT64_MIN)},  {"tokenizer.ggml.eot_token_id", gv::u32(100)},
+      {"tokenizer.ggml.padding_token_id", gv::u32(41)},     {"tokenizer.ggml.unknown_token_id", gv::u32(12345)},
+  };
+  for (const auto& [key, value] : cases) {
+    CAPTURE(key);
+    expect_load_error(tiny_llama(40, 40, {{key, value}}), {"GGUF: ", key.c_str(), "out of range", "vocabulary of 40"});
+  }
+  // -1 (and its u32 spelling) means none
+  auto none = load_bytes(tiny_llama(40, 40, {{"tokenizer.ggml.eos_token_id", gv::u32(0xFFFFFFFFu)}}).build());
+  REQUIRE_MESSAGE(none.has_value(), (none ? "" : none.error().message));
+  CHECK(none->tokenizer.eos() == -1);
+  auto last = load_bytes(tiny_llama(40, 40, {{"tokenizer.ggml.eos_token_id", gv::u32(39)}}).build());
+  REQUIRE(last.has_value());
+  CHECK(last->tokenizer.eos() == 39);
+}
+
+TEST_CASE("gguf load: a model file on disk names the file in every refusal") {
+  char file_template[] = "/tmp/troupe-load-XXXXXX";
+  const int fd = mkstemp(file_template);
+  REQUIRE(fd >= 0);
+  const std::vector<uint8_t> bytes = tiny_llama(41, 40).build();
+  REQUIRE(write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+  close(fd);
+  auto r = load_model(file_template);
+  unlink(file_template);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().message == std::string(file_template) + ": the vocabulary has 41 tokens but the embedding has 40 rows");
+  auto missing = load_model("/nonexistent/model.gguf");
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error().kind == ErrorKind::io);
 }
 
 TEST_CASE("gguf: the real model") {
