@@ -118,7 +118,9 @@ Vocab make_vocab(int n_vocab) {
       for (int k = 0; k < n_letters; ++k) count *= 26;
       std::string letters(n_letters, 'a');
       for (int64_t i = 0; i < count && static_cast<int>(v.tokens.size()) < n_vocab; ++i) {
-        for (int64_t k = n_letters - 1, rest = i; k >= 0; --k, rest /= 26) letters[k] = static_cast<char>('a' + rest % 26);
+        for (int64_t k = n_letters - 1, rest = i; k >= 0; --k, rest /= 26) {
+          letters[k] = static_cast<char>('a' + rest % 26);
+        }
         add((spaced ? space : "") + letters.substr(0, n_letters - 1), letters.back());
       }
     }
@@ -205,7 +207,8 @@ void fill_row(const TensorPlan& t, const Scales& tensor_scales, uint64_t key, in
   float factor = 1.0f;  // this row's magnitude
   if (t.row_spread > 0) {
     const double u1 = (static_cast<double>(rng.next() >> 11) + 0.5) * 0x1p-53, u2 = (rng.next() >> 11) * 0x1p-53;
-    factor = static_cast<float>(std::exp(t.row_spread * std::sqrt(-2 * std::log(u1)) * std::cos(6.283185307179586 * u2)));
+    const double normal = std::sqrt(-2 * std::log(u1)) * std::cos(6.283185307179586 * u2);  // Box-Muller
+    factor = static_cast<float>(std::exp(t.row_spread * normal));
   }
   const Scales scales = factor == 1.0f ? tensor_scales : scaled(tensor_scales, factor);
   const float a = factor * t.value * std::sqrt(3.0f);  // uniform in [-a, a) has standard deviation factor * value
@@ -504,7 +507,8 @@ Expected<void> check_synth_spec(const SynthSpec& s) {
                     std::to_string(s.n_head_kv));
   }
   if ((s.n_embd / s.n_head) % 2 != 0) {
-    return bad_spec("the head size n_embd / n_head = " + std::to_string(s.n_embd / s.n_head) + " is odd (RoPE rotates pairs)");
+    return bad_spec("the head size n_embd / n_head = " + std::to_string(s.n_embd / s.n_head) +
+                    " is odd (RoPE rotates pairs)");
   }
   if (!(s.rope_theta > 1.0f && s.rope_theta < 1e12f)) return bad_spec("rope_theta must be in (1, 1e12)");
   if (!(s.rms_eps > 0.0f && s.rms_eps < 1.0f)) return bad_spec("rms_eps must be in (0, 1)");
