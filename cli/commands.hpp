@@ -1,7 +1,9 @@
 // commands.hpp: the troupe subcommands. main.cpp parses the command line into these option structs.
 #pragma once
 
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,24 @@ namespace troupe::cli {
 
 // `troupe inspect MODEL`: metadata and tensor table.
 int run_inspect(const std::string& model_path);
+
+struct SynthOptions {
+  std::string shape = "smollm2-135m";     // a named shape (synth_shape_names())
+  std::string out;                        // default: SHAPE.TYPE.gguf
+  std::string type = "q4_1";              // the layers' matrices: f32, f16, q4_0, q4_1 or q8_0
+  std::string embd_type;                  // token_embd; empty: the shape's (q8_0)
+  std::string output_type;                // output.weight when not tied; empty: the shape's (q8_0)
+  std::optional<bool> tied;               // default: the shape's
+  uint64_t seed = 0;
+  // overrides of the shape's dimensions; -1: the shape's own
+  int n_layer = -1, n_embd = -1, n_head = -1, n_head_kv = -1, n_ff = -1, n_vocab = -1, n_ctx = -1;
+};
+
+// Adds synth's flags; parsed values land in `options`.
+void add_synth_options(CLI::App& app, SynthOptions& options);
+
+// `troupe synth`: writes a synthetic model with random weights (src/synth.hpp).
+int run_synth(const SynthOptions& options);
 
 struct GenerateOptions {
   std::string model_path;

@@ -5,6 +5,7 @@
 //   troupe serve [--model M] [--host H] [--port P] [--api-key KEY] [server flags] [plan flags]
 //   troupe bench [--model M] [-p 128,512] [-n 128] [-r 5] [-t 1,2] [--direct] [-o md|json] [plan flags]
 //   troupe worker [--listen HOST:PORT] [--secret S] [--model M] [--threads N]
+//   troupe synth [--shape NAME] [--type T] [--out FILE] [--seed N] [--layers N --embd N --heads N ...]
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -127,6 +128,11 @@ int main(int argc, char** argv) {
   worker->add_option("--threads", worker_options.threads, "actor scheduler threads; 0: one per core")
       ->capture_default_str()->check(CLI::Range(0, 4096));
 
+  SynthOptions synth_options;
+  auto* synth = app.add_subcommand("synth", "Write a synthetic llama model with random weights (a named shape, any "
+                                            "dimension overridden) for checks without a real model");
+  add_synth_options(*synth, synth_options);
+
   // Logs go to stderr: stdout carries generated text.
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
 
@@ -143,5 +149,6 @@ int main(int argc, char** argv) {
   if (*serve) return run_serve(std::move(serve_options));
   if (*bench) return run_bench(std::move(bench_options));
   if (*worker) return run_worker(std::move(worker_options));
+  if (*synth) return run_synth(synth_options);
   return 0;
 }
