@@ -21,7 +21,16 @@ std::string Plan::describe() const {
          " precision=" + (precision == Precision::exact ? "exact" : "fast") + " kv_blocks=" + std::to_string(kv_blocks) +
          "x" + std::to_string(block_size) + " max_running=" + std::to_string(max_running) +
          " max_batched_tokens=" + std::to_string(max_batched_tokens) + " max_waiting=" + std::to_string(max_waiting) +
-         " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads) + " team=" + std::to_string(team);
+         " max_context=" + std::to_string(max_context) + " threads=" + std::to_string(threads) + " team=" + std::to_string(team) +
+         (devices.empty() ? "" : " devices=" + describe_devices(devices));
+}
+
+std::string describe_devices(const std::vector<int>& devices) {
+  std::string out;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    out += (i ? "," : "") + (devices[i] < 0 ? std::string("cpu") : "cuda:" + std::to_string(devices[i]));
+  }
+  return out;
 }
 
 const RemoteStages* Placement::find(int replica, int stage) const {
@@ -68,6 +77,35 @@ Plan auto_plan(const ModelConfig& config, int cores) {
   return plan;
 }
 
+// Stages on CUDA devices: the devices exist, the stage is not also on a worker, and the GPU path can run the model.
+static Expected<void> check_devices(const Model& model, const Plan& plan) {
+  if (plan.devices.empty()) return {};
+  auto bad = [](const std::string& m) { return Error{ErrorKind::invalid_argument, m}; };
+  if (plan.devices.size() != 1 && static_cast<int>(plan.devices.size()) != plan.pp) {
+    return bad("--devices lists " + std::to_string(plan.devices.size()) + " devices for " + std::to_string(plan.pp) +
+               " pipeline stage(s): give one for every stage, or one for all");
+  }
+  std::string why;
+  const int n_cuda = cuda_device_count(&why);
+  for (int s = 0; s < plan.pp; ++s) {
+    const int d = plan.device_of(s);
+    if (d < 0) continue;
+    const std::string where = "stage " + std::to_string(s) + " on cuda:" + std::to_string(d);
+    if (d >= n_cuda) {
+      return Error{ErrorKind::unavailable, where + ": " + (n_cuda == 0 ? why : std::to_string(n_cuda) + " CUDA device(s)")};
+    }
+    if (plan.precision != Precision::fast) return bad(where + ": GPU stages compute in the fast precision only");
+    for (int r = 0; r < plan.replicas; ++r) {
+      if (plan.placement.find(r, s)) return bad(where + ": the stage is also placed on a worker");
+    }
+    const ModelConfig& c = model.config();
+    if (c.head_dim % 32 != 0 || c.head_dim > 256) {
+      return bad(where + ": the CUDA attention needs a head size that is a multiple of 32 up to 256");
+    }
+  }
+  return {};
+}
+
 Expected<void> check_plan(const Model& model, const Plan& plan) {
   const ModelConfig& c = model.config();
   auto bad = [](const std::string& m) { return Error{ErrorKind::invalid_argument, m}; };
@@ -101,6 +139,7 @@ Expected<void> check_plan(const Model& model, const Plan& plan) {
   if (plan.placement.timeout_s <= 0 || plan.placement.reconnect_s <= 0) {
     return bad("remote timeout and reconnect interval must be positive");
   }
+  if (auto ok = check_devices(model, plan); !ok) return ok;
   auto layers = split_range(c.n_layer, plan.pp, 1);
   if (!layers) return layers.error();
   for (auto [l0, l1] : *layers) {

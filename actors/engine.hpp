@@ -58,9 +58,18 @@ struct Plan {
   int threads = 0;               // CAF scheduler threads; 0: the number of cores
   int team = 1;                  // threads per shard (and per stage, for the logits), splitting each step's matmuls
   Placement placement;           // stages on worker processes
+  // Where each pipeline stage computes: -1 the CPU (its tp head-group shards), d >= 0 CUDA device d (the whole stage,
+  // every head, on that device). Empty: every stage on the CPU; one entry: every stage there.
+  std::vector<int> devices;
+  int device_of(int stage) const {
+    if (devices.empty()) return -1;
+    return devices.size() == 1 ? devices[0] : devices[stage];
+  }
 
   std::string describe() const;  // "tp=2 pp=1 replicas=1 ..." for the start-up log
 };
+
+std::string describe_devices(const std::vector<int>& devices);  // "cuda:0,cpu"
 
 // Picks a plan for `cores` cores: head groups up to the model's KV heads and the cores, one stage, one replica.
 Plan auto_plan(const ModelConfig& config, int cores);

@@ -3,6 +3,7 @@
 // Step traffic (one step = one micro-batch of sequences through every stage):
 //   scheduler -> stage 0        (step, Shared<StepData>, Shared<activations>)    activations empty: stage 0 embeds
 //   stage s -> stage s+1        (step, Shared<StepData>, Shared<activations>)    the residual stream after stage s
+//   GPU stage -> GPU stage      (step, Shared<StepData>, DeviceActivations)      the same, left on the device
 //   stage -> each of its shards (attn | ffn, step id, layer, Shared<StepData>, Shared<activations>)   normed input
 //   shard -> its stage          (partial, step id, layer, group, Shared<partial sums>)
 //   last stage -> scheduler     (result, step id, Shared<logits>)                one row per entry wanting logits
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "gpu_stage.hpp"
 #include "shard.hpp"
 
 namespace troupe {
@@ -94,6 +96,13 @@ typename Inspector::result_type inspect(Inspector& f, StepData& x) {
 }
 
 using Activations = Shared<std::vector<float>>;  // (n_tokens, n_embd) row-major
+
+// Between two GPU stages of one process the residual stream stays on the devices: the message carries where it is
+// (gpu/gpu_stage.hpp), never crossing a process (a GPU stage is never remote).
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, DeviceActivations& x) {
+  return f(caf::meta::type_name("device_activations"), x.device, x.address, x.bytes);
+}
 using Partials = Shared<std::vector<double>>;    // (n_tokens, n_embd) a shard's unrounded share
 using Logits = Shared<std::vector<float>>;       // (rows, n_vocab)
 

@@ -168,6 +168,27 @@ void spawn_pipeline(SchedulerActor* self) {
       while (s > 0 && st.stages[s - 1] == downstream) --s;
       continue;
     }
+    if (plan.device_of(s) >= 0) {
+      // A stage on a GPU fails like a worker: when it exits, the replica is down until a respawn succeeds.
+      GpuStageSpec gs;
+      gs.device = plan.device_of(s);
+      gs.layer_begin = (*layers)[s].first;
+      gs.layer_end = (*layers)[s].second;
+      gs.first = s == 0;
+      gs.last = s == plan.pp - 1;
+      gs.max_tokens = plan.max_batched_tokens;
+      gs.n_blocks = st.init.n_blocks;
+      gs.block_size = plan.block_size;
+      const bool next_gpu = s + 1 < plan.pp && plan.device_of(s + 1) >= 0;  // GPU stages are never remote
+      if (next_gpu) gs.output_slots = plan.pp + 1;  // more than the steps in flight (one per stage at most)
+      GpuStageInit gi{st.init.model, gs, s, downstream, caf::actor_cast<caf::actor>(self), st.init.metrics,
+                      st.init.replica, next_gpu};
+      st.stages[s] = spawn_gpu_stage(self, std::move(gi));
+      st.remote[s] = true;
+      self->monitor(st.stages[s]);
+      downstream = st.stages[s];
+      continue;
+    }
     auto shards = split_stage(c, (*layers)[s].first, (*layers)[s].second, plan.tp);
     StageInit si{st.init.model, *shards, s, s == 0, s == plan.pp - 1, plan.precision,
                  plan.max_batched_tokens, st.init.n_blocks, plan.block_size, downstream,

@@ -5,6 +5,8 @@
 //   stage actor          one per pipeline stage: the residual stream, norms and the all-reduce of its shards'
 //                        partials; the first embeds tokens, the last computes logits; it spawns and monitors its
 //                        shards and respawns one that dies
+//   GPU stage actor      a pipeline stage on a CUDA device (Plan::devices), its own thread: the stage's layers, all its
+//                        heads, with the stage actor's protocol towards the scheduler and the other stages
 //   shard actor          one per (stage, head group), on its own thread when tp > 1: its slice of the weights and of the KV
 //                        cache (ShardWorker)
 #pragma once
@@ -15,6 +17,7 @@
 #include <memory>
 
 #include "engine.hpp"
+#include "gpu_stage.hpp"
 #include "messages.hpp"
 #include "wire.hpp"
 
@@ -51,6 +54,21 @@ struct StageInit {
 };
 
 caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);
+
+struct GpuStageInit {
+  std::shared_ptr<const Model> model;
+  GpuStageSpec spec;      // device, layers, first/last, tokens per step, KV pool
+  int stage = 0;
+  caf::actor downstream;  // the next stage, or the scheduler after the last
+  caf::actor scheduler;   // where failures are reported
+  std::shared_ptr<Metrics> metrics;
+  int replica = 0;        // with `stage`: its counters in `metrics` (group 0)
+  bool downstream_gpu = false;  // the next stage is a GPU stage here: outputs stay on the device (spec.output_slots)
+};
+
+// A stage on a GPU. It exits with the error as its reason when the device cannot hold the stage or becomes unusable
+// (a sticky CUDA error); the scheduler then treats the replica as down, as for a lost worker, and retries.
+caf::actor spawn_gpu_stage(caf::local_actor* parent, GpuStageInit init);
 caf::actor spawn_stage(caf::local_actor* parent, StageInit init);
 
 struct ReplicaInit {

@@ -51,7 +51,38 @@ const Setting kSettings[] = {
      4096},
     {"team", "--team", "TROUPE_TEAM", "N",
      "threads per shard (and for the logits), splitting each matmul's rows and attention's heads", &Plan::team, 1, 256},
+    {"devices", "--devices", "TROUPE_DEVICES", "LIST",
+     "where each pipeline stage computes, comma-separated: cpu or cuda:N (one per stage, or one for all)", nullptr, 0,
+     0},
 };
+
+// "cpu", "cuda" (device 0) or "cuda:N", comma-separated, into Plan::devices (-1 for the CPU).
+Expected<std::vector<int>> parse_devices(const std::string& text, const std::string& where) {
+  std::vector<int> out;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string item = text.substr(begin, end - begin);
+    int d = -1;
+    if (item == "cuda") {
+      d = 0;
+    } else if (item.rfind("cuda:", 0) == 0) {
+      const char* first = item.data() + 5;
+      const char* last = item.data() + item.size();
+      const auto [ptr, ec] = std::from_chars(first, last, d);
+      if (first == last || ec != std::errc() || ptr != last || d < 0 || d > 255) d = -2;
+    } else if (item != "cpu") {
+      d = -2;
+    }
+    if (d == -2) {
+      return Error{ErrorKind::invalid_argument, where + " '" + text + "': expected cpu, cuda or cuda:N, comma-separated"};
+    }
+    out.push_back(d);
+    begin = end + 1;
+  }
+  if (out.size() > 256) return Error{ErrorKind::invalid_argument, where + ": more devices than pipeline stages can be"};
+  return out;
+}
 
 // The plan being built, plus whether tp is still to be chosen by auto_plan.
 struct Draft {
@@ -61,6 +92,12 @@ struct Draft {
 
 // Sets one setting from its text; `where` names the source for the error ("--tp", "TROUPE_TP", "FILE: engine.tp").
 Expected<void> apply(Draft& d, const Setting& s, const std::string& value, const std::string& where) {
+  if (!s.field && std::string(s.key) == "devices") {
+    auto devices = parse_devices(value, where);
+    if (!devices) return devices.error();
+    d.plan.devices = std::move(*devices);
+    return {};
+  }
   if (!s.field) {
     if (value == "fast") d.plan.precision = Precision::fast;
     else if (value == "exact") d.plan.precision = Precision::exact;
