@@ -25,10 +25,13 @@ std::string Plan::describe() const {
          (devices.empty() ? "" : " devices=" + describe_devices(devices));
 }
 
-std::string describe_devices(const std::vector<int>& devices) {
+std::string describe_devices(const std::vector<std::vector<int>>& devices) {
   std::string out;
   for (size_t i = 0; i < devices.size(); ++i) {
-    out += (i ? "," : "") + (devices[i] < 0 ? std::string("cpu") : "cuda:" + std::to_string(devices[i]));
+    out += i ? "," : "";
+    for (size_t g = 0; g < devices[i].size(); ++g) {
+      out += (g ? "+" : "") + (devices[i][g] < 0 ? std::string("cpu") : "cuda:" + std::to_string(devices[i][g]));
+    }
   }
   return out;
 }
@@ -87,20 +90,29 @@ static Expected<void> check_devices(const Model& model, const Plan& plan) {
   }
   std::string why;
   const int n_cuda = cuda_device_count(&why);
+  const ModelConfig& c = model.config();
   for (int s = 0; s < plan.pp; ++s) {
-    const int d = plan.device_of(s);
-    if (d < 0) continue;
-    const std::string where = "stage " + std::to_string(s) + " on cuda:" + std::to_string(d);
-    if (d >= n_cuda) {
-      return Error{ErrorKind::unavailable, where + ": " + (n_cuda == 0 ? why : std::to_string(n_cuda) + " CUDA device(s)")};
+    const std::vector<int>& list = *plan.devices_of(s);
+    if (list.size() > 1 && static_cast<int>(list.size()) != plan.tp) {
+      return bad("stage " + std::to_string(s) + ": " + std::to_string(list.size()) + " head-group devices for tp " +
+                 std::to_string(plan.tp) + " (give one per head group, joined by +)");
     }
-    if (plan.precision != Precision::fast) return bad(where + ": GPU stages compute in the fast precision only");
-    for (int r = 0; r < plan.replicas; ++r) {
-      if (plan.placement.find(r, s)) return bad(where + ": the stage is also placed on a worker");
-    }
-    const ModelConfig& c = model.config();
-    if (c.head_dim % 32 != 0 || c.head_dim > 256) {
-      return bad(where + ": the CUDA attention needs a head size that is a multiple of 32 up to 256");
+    for (size_t g = 0; g < list.size(); ++g) {
+      const int d = list[g];
+      if (d < 0) continue;
+      const std::string where = "stage " + std::to_string(s) + (list.size() > 1 ? " group " + std::to_string(g) : "") +
+                                " on cuda:" + std::to_string(d);
+      if (d >= n_cuda) {
+        return Error{ErrorKind::unavailable,
+                     where + ": " + (n_cuda == 0 ? why : std::to_string(n_cuda) + " CUDA device(s)")};
+      }
+      if (plan.precision != Precision::fast) return bad(where + ": GPU stages compute in the fast precision only");
+      for (int r = 0; r < plan.replicas; ++r) {
+        if (plan.placement.find(r, s)) return bad(where + ": the stage is also placed on a worker");
+      }
+      if (c.head_dim % 32 != 0 || c.head_dim > 256) {
+        return bad(where + ": the CUDA attention needs a head size that is a multiple of 32 up to 256");
+      }
     }
   }
   return {};

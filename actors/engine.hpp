@@ -58,18 +58,29 @@ struct Plan {
   int threads = 0;               // CAF scheduler threads; 0: the number of cores
   int team = 1;                  // threads per shard (and per stage, for the logits), splitting each step's matmuls
   Placement placement;           // stages on worker processes
-  // Where each pipeline stage computes: -1 the CPU (its tp head-group shards), d >= 0 CUDA device d (the whole stage,
-  // every head, on that device). Empty: every stage on the CPU; one entry: every stage there.
-  std::vector<int> devices;
-  int device_of(int stage) const {
-    if (devices.empty()) return -1;
-    return devices.size() == 1 ? devices[0] : devices[stage];
+  // Where each pipeline stage computes: devices[s] for stage s, or devices[0] for every stage when there is one
+  // entry; empty: everything on the CPU. An entry is
+  //   {-1}             the CPU: the stage's tp head groups on CPU threads
+  //   {d}              CUDA device d: the whole stage (every head) as one GPU stage
+  //   {g_0 .. g_tp-1}  head group i on g_i (-1 a CPU thread, d CUDA device d); the stage actor on the CPU adds
+  //                    their partials
+  std::vector<std::vector<int>> devices;
+  const std::vector<int>* devices_of(int stage) const {
+    if (devices.empty()) return nullptr;
+    return devices.size() == 1 ? &devices[0] : &devices[stage];
   }
-
+  int device_of(int stage) const {  // d when the stage is a GPU stage, else -1
+    const auto* d = devices_of(stage);
+    return d && d->size() == 1 ? (*d)[0] : -1;
+  }
+  int group_device(int stage, int group) const {  // d when the head group is a GPU shard, else -1
+    const auto* d = devices_of(stage);
+    return d && d->size() > 1 ? (*d)[group] : -1;
+  }
   std::string describe() const;  // "tp=2 pp=1 replicas=1 ..." for the start-up log
 };
 
-std::string describe_devices(const std::vector<int>& devices);  // "cuda:0,cpu"
+std::string describe_devices(const std::vector<std::vector<int>>& devices);  // "cuda:0,cpu+cuda:1"
 
 // Picks a plan for `cores` cores: head groups up to the model's KV heads and the cores, one stage, one replica.
 Plan auto_plan(const ModelConfig& config, int cores);

@@ -193,7 +193,13 @@ void spawn_pipeline(SchedulerActor* self) {
     StageInit si{st.init.model, *shards, s, s == 0, s == plan.pp - 1, plan.precision,
                  plan.max_batched_tokens, st.init.n_blocks, plan.block_size, downstream,
                  caf::actor_cast<caf::actor>(self), st.init.metrics, st.init.replica, plan.team};
+    bool gpu_groups = false;
+    for (int g = 0; g < plan.tp && plan.devices_of(s) && plan.devices_of(s)->size() > 1; ++g) {
+      si.group_devices.push_back(plan.group_device(s, g));
+      gpu_groups = gpu_groups || si.group_devices.back() >= 0;
+    }
     st.stages[s] = spawn_stage(self, std::move(si));
+    st.remote[s] = gpu_groups;  // a stage with GPU shards ends when a device fails: the replica is then down
     self->monitor(st.stages[s]);
     downstream = st.stages[s];
   }

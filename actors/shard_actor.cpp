@@ -21,7 +21,8 @@ namespace {
 
 struct ShardState {
   std::unique_ptr<ThreadTeam> team;  // before the worker, which uses it: destroyed after it
-  std::unique_ptr<ShardWorker> worker;
+  std::unique_ptr<ShardWorker> worker;  // a CPU shard's arithmetic, or
+  std::unique_ptr<GpuShard> gpu;        // a GPU shard's
   caf::actor stage;
   int group = 0;
   int n_embd = 0;
@@ -53,6 +54,9 @@ void compute(ShardActor* self, uint64_t step_id, int layer, bool ends_step, int 
   st.metrics->messages += 1;
   if (!r) {
     self->send(st.stage, failed_atom::value, step_id, r.error().message);
+    if (st.gpu && st.gpu->broken()) {  // the device is unusable: end, so the stage reports it
+      self->quit(caf::make_error(caf::sec::runtime_error, st.gpu->device_name() + " is unusable: " + r.error().message));
+    }
     return;
   }
   if (step_id != st.step_id) st.step_id = step_id, st.step_ns = 0;
@@ -80,9 +84,19 @@ caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
       return caf::make_error(caf::sec::runtime_error, std::string("unknown exception"));
     }
   });
-  st.worker = std::make_unique<ShardWorker>(init.model, init.spec, init.precision, init.max_tokens, init.n_blocks,
-                                            init.block_size);
-  if (init.team > 1) {
+  if (init.device >= 0) {
+    auto gpu = GpuShard::create(init.model, {init.device, init.spec, init.max_tokens, init.n_blocks, init.block_size});
+    if (!gpu) {
+      self->quit(caf::make_error(caf::sec::runtime_error, "head group " + std::to_string(init.group) + " on cuda:" +
+                                                              std::to_string(init.device) + ": " + gpu.error().message));
+      return {};
+    }
+    st.gpu = std::move(*gpu);
+  } else {
+    st.worker = std::make_unique<ShardWorker>(init.model, init.spec, init.precision, init.max_tokens, init.n_blocks,
+                                              init.block_size);
+  }
+  if (init.team > 1 && st.worker) {
     st.team = std::make_unique<ThreadTeam>(init.team);
     st.worker->set_team(st.team.get());
   }
@@ -90,13 +104,17 @@ caf::behavior shard_actor(ShardActor* self, ShardInit init, caf::actor stage) {
       [=](attn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
         took_message(self);
         compute(self, step_id, layer, false, step->layout.n_tokens, [&](double* out) {
-          return self->state.worker->attention(layer, step->layout, xn->data(), out);
+          auto& s = self->state;
+          return s.gpu ? s.gpu->attention(layer, step->layout, xn->data(), out)
+                       : s.worker->attention(layer, step->layout, xn->data(), out);
         });
       },
       [=](ffn_atom, uint64_t step_id, int layer, const Shared<StepData>& step, const Activations& xn) {
         took_message(self);
         compute(self, step_id, layer, layer == self->state.last_layer, step->layout.n_tokens, [&](double* out) {
-          return self->state.worker->ffn(layer, step->layout.n_tokens, xn->data(), out);
+          auto& s = self->state;
+          return s.gpu ? s.gpu->ffn(layer, step->layout.n_tokens, xn->data(), out)
+                       : s.worker->ffn(layer, step->layout.n_tokens, xn->data(), out);
         });
       },
       [=](fault_atom) {

@@ -127,7 +127,8 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   auto spawn_group = [self](int g) {
     auto& s = self->state;
     ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
-                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g], s.init.team};
+                 s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g], s.init.team,
+                 s.init.group_devices.empty() ? -1 : s.init.group_devices[g]};
     caf::actor a = spawn_shard(self, std::move(si), caf::actor_cast<caf::actor>(self));
     self->monitor(a);
     return a;
@@ -144,6 +145,12 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
     auto& s = self->state;
     for (size_t g = 0; g < s.shards.size(); ++g) {
       if (s.shards[g].address() != dm.source) continue;
+      if (!s.init.group_devices.empty() && s.init.group_devices[g] >= 0) {
+        // A GPU shard ends only when its device failed or cannot hold it: respawning would fail the same way, so the
+        // stage ends with its reason and the scheduler reports the replica down (and retries).
+        self->quit(dm.reason);
+        return;
+      }
       // Respawn from the mapped weights; the new shard's KV pool is empty, so every sequence of this replica has
       // lost part of its cache: the step running here fails, and the scheduler recomputes or fails the rest.
       // What the dead shard never took is gone with its mailbox (it took nothing after it died: its down message
@@ -193,6 +200,10 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
         if (self->state.busy && self->state.step->step_id == step_id) fail_step(self, why);
       },
       [=](fault_atom, int group) {
+        auto& s = self->state;
+        if (group >= 0 && group < static_cast<int>(s.shards.size())) send_to_shard(self, group, fault_atom::value);
+      },
+      [=](fault_atom, int, int group) {  // as the scheduler addresses a stage with GPU shards
         auto& s = self->state;
         if (group >= 0 && group < static_cast<int>(s.shards.size())) send_to_shard(self, group, fault_atom::value);
       },

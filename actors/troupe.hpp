@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "engine.hpp"
+#include "gpu_shard.hpp"
 #include "gpu_stage.hpp"
 #include "messages.hpp"
 #include "wire.hpp"
@@ -35,6 +36,7 @@ struct ShardInit {
   bool detached = false;  // its own thread (when the stage has several shards to run in parallel)
   ShardCounters* counters = nullptr;  // its slot in `metrics` (which keeps it alive): messages taken, step time
   int team = 1;                       // threads splitting its matmuls and attention heads (ThreadTeam)
+  int device = -1;                    // >= 0: a GPU shard on that CUDA device (GpuShard), else ShardWorker
 };
 
 struct StageInit {
@@ -51,6 +53,7 @@ struct StageInit {
   std::shared_ptr<Metrics> metrics;
   int replica = 0;        // with `stage`, where its shards' counters are in `metrics`
   int team = 1;           // threads per shard, and for the stage's logits
+  std::vector<int> group_devices;  // per head group: -1 a CPU shard, d a GPU shard on device d (empty: all CPU)
 };
 
 caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);

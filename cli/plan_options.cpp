@@ -52,35 +52,45 @@ const Setting kSettings[] = {
     {"team", "--team", "TROUPE_TEAM", "N",
      "threads per shard (and for the logits), splitting each matmul's rows and attention's heads", &Plan::team, 1, 256},
     {"devices", "--devices", "TROUPE_DEVICES", "LIST",
-     "where each pipeline stage computes, comma-separated: cpu or cuda:N (one per stage, or one for all)", nullptr, 0,
-     0},
+     "where each pipeline stage computes, comma-separated (one per stage, or one for all): cpu, cuda:N (the whole "
+     "stage on that GPU) or head groups' devices joined by + (cuda:0+cuda:1, cpu+cuda:0)", nullptr, 0, 0},
 };
 
-// "cpu", "cuda" (device 0) or "cuda:N", comma-separated, into Plan::devices (-1 for the CPU).
-Expected<std::vector<int>> parse_devices(const std::string& text, const std::string& where) {
-  std::vector<int> out;
+// One device: "cpu" (-1), "cuda" (0) or "cuda:N"; -2 when it is none of these.
+int parse_device(const std::string& item) {
+  if (item == "cpu") return -1;
+  if (item == "cuda") return 0;
+  if (item.rfind("cuda:", 0) != 0) return -2;
+  int d = -1;
+  const char* first = item.data() + 5;
+  const char* last = item.data() + item.size();
+  const auto [ptr, ec] = std::from_chars(first, last, d);
+  return first == last || ec != std::errc() || ptr != last || d < 0 || d > 255 ? -2 : d;
+}
+
+// Plan::devices from "STAGE,STAGE,...", each STAGE a device or head groups' devices joined by '+'.
+Expected<std::vector<std::vector<int>>> parse_devices(const std::string& text, const std::string& where) {
+  std::vector<std::vector<int>> out;
+  auto bad = [&] {
+    return Error{ErrorKind::invalid_argument,
+                 where + " '" + text + "': expected cpu, cuda or cuda:N per stage, comma-separated (head groups joined by +)"};
+  };
   size_t begin = 0;
   while (begin <= text.size()) {
     const size_t end = std::min(text.find(',', begin), text.size());
-    const std::string item = text.substr(begin, end - begin);
-    int d = -1;
-    if (item == "cuda") {
-      d = 0;
-    } else if (item.rfind("cuda:", 0) == 0) {
-      const char* first = item.data() + 5;
-      const char* last = item.data() + item.size();
-      const auto [ptr, ec] = std::from_chars(first, last, d);
-      if (first == last || ec != std::errc() || ptr != last || d < 0 || d > 255) d = -2;
-    } else if (item != "cpu") {
-      d = -2;
+    std::vector<int> stage;
+    size_t g0 = begin;
+    while (g0 <= end) {
+      const size_t g1 = std::min(text.find('+', g0), end);
+      const int d = parse_device(text.substr(g0, g1 - g0));
+      if (d == -2) return bad();
+      stage.push_back(d);
+      g0 = g1 + 1;
     }
-    if (d == -2) {
-      return Error{ErrorKind::invalid_argument, where + " '" + text + "': expected cpu, cuda or cuda:N, comma-separated"};
-    }
-    out.push_back(d);
+    out.push_back(std::move(stage));
     begin = end + 1;
   }
-  if (out.size() > 256) return Error{ErrorKind::invalid_argument, where + ": more devices than pipeline stages can be"};
+  if (out.size() > 256) return bad();
   return out;
 }
 

@@ -9,49 +9,15 @@
 #include <map>
 #include <utility>
 
+#include "device_memory.cuh"
 #include "kernels.cuh"
 
 namespace troupe {
 
 namespace {
 
-Error cuda_error(cudaError_t e, const char* what) {
-  return Error{ErrorKind::unavailable, std::string("cuda: ") + what + ": " + cudaGetErrorString(e)};
-}
-
-// Errors that leave the context unusable: every later call fails too.
-bool sticky(cudaError_t e) {
-  switch (e) {
-    case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorHardwareStackError:
-    case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
-    case cudaErrorInvalidPc: case cudaErrorECCUncorrectable: case cudaErrorLaunchTimeout: case cudaErrorUnknown:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// Device memory, freed with its owner.
-struct DevMem {
-  void* p = nullptr;
-  size_t bytes = 0;
-  DevMem() = default;
-  DevMem(const DevMem&) = delete;
-  DevMem& operator=(const DevMem&) = delete;
-  ~DevMem() { if (p) cudaFree(p); }
-  template <class T> T* as() const { return static_cast<T*>(p); }
-};
-
-// Pinned host memory for the step's uploads and downloads.
-struct HostMem {
-  void* p = nullptr;
-  size_t bytes = 0;
-  HostMem() = default;
-  HostMem(const HostMem&) = delete;
-  HostMem& operator=(const HostMem&) = delete;
-  ~HostMem() { if (p) cudaFreeHost(p); }
-  template <class T> T* as() const { return static_cast<T*>(p); }
-};
+using gpu::DevMem;
+using gpu::HostMem;
 
 struct DevLayer {
   DevMem attn_norm, ffn_norm;  // (n_embd) floats
@@ -63,10 +29,9 @@ class CudaStage final : public GpuStage {
  public:
   CudaStage(std::shared_ptr<const Model> model, const GpuStageSpec& spec) : model_(std::move(model)), spec_(spec) {}
   ~CudaStage() override {
-    if (started_) {
+    if (dev_.stream()) {
       cudaSetDevice(spec_.device);
       for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
-      if (stream_) cudaStreamDestroy(stream_);
     }
   }
 
@@ -79,27 +44,25 @@ class CudaStage final : public GpuStage {
                             const DeviceActivations* x_dev, float* x_out, bool to_device,
                             DeviceActivations* x_dev_out, const std::vector<int>& logit_rows, float* logits) override;
   const GpuStageSpec& spec() const override { return spec_; }
-  std::string device_name() const override { return name_; }
-  size_t device_bytes() const override { return bytes_; }
-  bool broken() const override { return broken_; }
+  std::string device_name() const override { return dev_.name(); }
+  size_t device_bytes() const override { return dev_.bytes(); }
+  bool broken() const override { return dev_.broken(); }
 
  private:
-  Expected<void> alloc(DevMem& m, size_t bytes);
-  Expected<void> alloc_host(HostMem& m, size_t bytes);
-  Expected<void> upload(DevMem& m, const void* src, size_t bytes);
-  Expected<gpu::DevMatrix> upload_matrix(DevMem& m, const Matrix& w);
-  Expected<void> upload_floats(DevMem& m, const std::vector<float>& v) { return upload(m, v.data(), v.size() * 4); }
+  Expected<void> alloc(DevMem& m, size_t bytes) { return dev_.alloc(m, bytes); }
+  Expected<void> alloc_host(HostMem& m, size_t bytes) { return dev_.alloc_host(m, bytes); }
+  Expected<gpu::DevMatrix> upload_matrix(DevMem& m, const Matrix& w) { return dev_.upload_matrix(m, w); }
+  Expected<void> upload_floats(DevMem& m, const std::vector<float>& v) {
+    return dev_.upload(m, v.data(), v.size() * 4);
+  }
   Expected<void> reserve_tables(size_t n_entries);
   Expected<void> reserve_logits(size_t n_rows);
-  void forward(int n, int n_rows);  // the kernels of one step, on stream_
-  Expected<void> check(cudaError_t e, const char* what);
+  void forward(int n, int n_rows);  // the kernels of one step, on dev_.stream()
+  Expected<void> check(cudaError_t e, const char* what) { return dev_.check(e, what); }
 
   std::shared_ptr<const Model> model_;
   GpuStageSpec spec_;
-  std::string name_;
-  size_t bytes_ = 0;
-  bool started_ = false, broken_ = false;
-  cudaStream_t stream_ = nullptr;
+  gpu::Device dev_;  // name, stream, bytes held, sticky errors
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (n_tokens, n_logit_rows) -> captured step
 
   std::vector<DevLayer> layers_;
@@ -117,53 +80,11 @@ class CudaStage final : public GpuStage {
   size_t table_cap_ = 0, logits_cap_ = 0;
 };
 
-Expected<void> CudaStage::check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return {};
-  if (sticky(e)) broken_ = true;
-  return cuda_error(e, what);
-}
-
-Expected<void> CudaStage::alloc(DevMem& m, size_t bytes) {
-  if (m.p) cudaFree(m.p);
-  m.p = nullptr;
-  m.bytes = 0;
-  if (bytes == 0) return {};
-  if (auto e = cudaMalloc(&m.p, bytes); e != cudaSuccess) {
-    m.p = nullptr;
-    return Error{ErrorKind::out_of_memory, "cuda: cannot allocate " + std::to_string(bytes >> 20) + " MiB on " + name_ +
-                                               ": " + cudaGetErrorString(e)};
-  }
-  m.bytes = bytes;
-  bytes_ += bytes;
-  return {};
-}
-
-Expected<void> CudaStage::alloc_host(HostMem& m, size_t bytes) {
-  if (m.p) cudaFreeHost(m.p);
-  m.p = nullptr;
-  if (auto e = cudaMallocHost(&m.p, std::max<size_t>(bytes, 64)); e != cudaSuccess) {
-    m.p = nullptr;
-    return cuda_error(e, "pinned host buffer");
-  }
-  m.bytes = bytes;
-  return {};
-}
-
-Expected<void> CudaStage::upload(DevMem& m, const void* src, size_t bytes) {
-  if (auto r = alloc(m, bytes); !r) return r;
-  return check(cudaMemcpy(m.p, src, bytes, cudaMemcpyHostToDevice), "weight upload");
-}
-
-Expected<gpu::DevMatrix> CudaStage::upload_matrix(DevMem& m, const Matrix& w) {
-  if (auto r = upload(m, w.data, static_cast<size_t>(w.rows * w.row_bytes)); !r) return r.error();
-  return gpu::DevMatrix{w.type, m.as<uint8_t>(), w.rows, w.cols, w.row_bytes};
-}
-
 Expected<void> CudaStage::reserve_tables(size_t n_entries) {
   if (n_entries <= table_cap_) return {};
   const size_t cap = std::max(n_entries, table_cap_ * 2);
   const size_t ints = 5 * static_cast<size_t>(spec_.max_tokens) + cap;
-  bytes_ -= meta_.bytes;
+  dev_.release(meta_);
   if (auto r = alloc(meta_, ints * sizeof(int)); !r) return r;
   if (auto r = alloc_host(meta_host_, ints * sizeof(int)); !r) return r;
   table_cap_ = cap;
@@ -176,7 +97,7 @@ Expected<void> CudaStage::reserve_logits(size_t n_rows) {
   if (n_rows <= logits_cap_) return {};
   const size_t cap = std::min<size_t>(std::max(n_rows, logits_cap_ * 2), spec_.max_tokens);
   const size_t bytes = cap * model_->config().n_vocab * sizeof(float);
-  bytes_ -= logits_.bytes;
+  dev_.release(logits_);
   if (auto r = alloc(logits_, bytes); !r) return r;
   if (auto r = alloc_host(logits_host_, bytes); !r) return r;
   logits_cap_ = cap;
@@ -187,13 +108,6 @@ Expected<void> CudaStage::reserve_logits(size_t n_rows) {
 
 Expected<void> CudaStage::init() {
   const ModelConfig& c = model_->config();
-  std::string why;
-  const int n_dev = cuda_device_count(&why);
-  if (n_dev == 0) return Error{ErrorKind::unavailable, "cuda: no device (" + why + ")"};
-  if (spec_.device < 0 || spec_.device >= n_dev) {
-    return Error{ErrorKind::invalid_argument, "cuda:" + std::to_string(spec_.device) + " does not exist (" +
-                                                  std::to_string(n_dev) + " device(s))"};
-  }
   if (c.head_dim % 32 != 0 || c.head_dim > gpu::kMaxHeadDim) {
     return Error{ErrorKind::invalid_model, "the CUDA attention needs a head size that is a multiple of 32 up to " +
                                                std::to_string(gpu::kMaxHeadDim) + " (this model's: " +
@@ -203,14 +117,7 @@ Expected<void> CudaStage::init() {
       spec_.max_tokens < 1 || spec_.n_blocks < 1 || spec_.block_size < 1) {
     return Error{ErrorKind::invalid_argument, "impossible GPU stage (layers, tokens or KV blocks)"};
   }
-  if (auto e = cudaSetDevice(spec_.device); e != cudaSuccess) return cuda_error(e, "set device");
-  cudaDeviceProp prop{};
-  if (auto e = cudaGetDeviceProperties(&prop, spec_.device); e != cudaSuccess) return cuda_error(e, "properties");
-  name_ = "cuda:" + std::to_string(spec_.device) + " (" + prop.name + ")";
-  if (auto e = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking); e != cudaSuccess) {
-    return cuda_error(e, "stream");
-  }
-  started_ = true;
+  if (auto r = dev_.open(spec_.device); !r) return r;
 
   // weights, once
   layers_ = std::vector<DevLayer>(spec_.layer_end - spec_.layer_begin);
@@ -280,7 +187,7 @@ void CudaStage::forward(int n, int n_rows) {
   float* x = x_.as<float>();
   float* xn = xn_.as<float>();
   BlockQ8* xq = xq_.as<BlockQ8>();
-  cudaStream_t s = stream_;
+  cudaStream_t s = dev_.stream();
 
   if (spec_.first) gpu::embed(embd_m_, meta, x, n, s);
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -319,7 +226,7 @@ void CudaStage::forward(int n, int n_rows) {
 Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, const TokenId* tokens,
                                      const float* x_in, const DeviceActivations* x_dev, float* x_out, bool to_device,
                                      DeviceActivations* x_dev_out, const std::vector<int>& logit_rows, float* logits) {
-  if (broken_) return Error{ErrorKind::unavailable, "cuda: " + name_ + " is unusable after an earlier error"};
+  if (dev_.broken()) return Error{ErrorKind::unavailable, "cuda: " + dev_.name() + " is unusable after an earlier error"};
   const ModelConfig& c = model_->config();
   const int n = step.n_tokens;
   const int M = spec_.max_tokens;
@@ -375,20 +282,20 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
   // upload, run (a captured graph for small steps), download
   const size_t x_bytes = static_cast<size_t>(n) * c.n_embd * sizeof(float);
   if (auto r = check(cudaMemcpyAsync(meta_.p, h, (5 * static_cast<size_t>(M) + off) * sizeof(int),
-                                     cudaMemcpyHostToDevice, stream_), "metadata upload");
+                                     cudaMemcpyHostToDevice, dev_.stream()), "metadata upload");
       !r) {
     return r;
   }
   if (!spec_.first && x_dev) {
     if (x_dev->bytes != x_bytes) return Error{ErrorKind::invalid_argument, "GPU step: device activations of the wrong size"};
     if (auto r = check(cudaMemcpyPeerAsync(x_.p, spec_.device, reinterpret_cast<const void*>(x_dev->address),
-                                           x_dev->device, x_bytes, stream_), "peer copy");
+                                           x_dev->device, x_bytes, dev_.stream()), "peer copy");
         !r) {
       return r;
     }
   } else if (!spec_.first) {
     std::memcpy(x_host_.p, x_in, x_bytes);
-    if (auto r = check(cudaMemcpyAsync(x_.p, x_host_.p, x_bytes, cudaMemcpyHostToDevice, stream_), "upload"); !r) {
+    if (auto r = check(cudaMemcpyAsync(x_.p, x_host_.p, x_bytes, cudaMemcpyHostToDevice, dev_.stream()), "upload"); !r) {
       return r;
     }
   }
@@ -396,16 +303,16 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
     auto it = graphs_.find({n, n_rows});
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
-      if (auto r = check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capture"); !r) return r;
+      if (auto r = check(cudaStreamBeginCapture(dev_.stream(), cudaStreamCaptureModeThreadLocal), "capture"); !r) return r;
       forward(n, n_rows);
-      if (auto r = check(cudaStreamEndCapture(stream_, &graph), "capture"); !r) return r;
+      if (auto r = check(cudaStreamEndCapture(dev_.stream(), &graph), "capture"); !r) return r;
       cudaGraphExec_t exec = nullptr;
       const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
       cudaGraphDestroy(graph);
       if (auto r = check(e, "graph instantiate"); !r) return r;
       it = graphs_.emplace(std::make_pair(n, n_rows), exec).first;
     }
-    if (auto r = check(cudaGraphLaunch(it->second, stream_), "graph launch"); !r) return r;
+    if (auto r = check(cudaGraphLaunch(it->second, dev_.stream()), "graph launch"); !r) return r;
   } else {
     forward(n, n_rows);
     if (auto r = check(cudaGetLastError(), "kernel launch"); !r) return r;
@@ -413,25 +320,25 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
   if (spec_.last) {
     if (n_rows > 0) {
       const size_t bytes = static_cast<size_t>(n_rows) * c.n_vocab * sizeof(float);
-      if (auto r = check(cudaMemcpyAsync(logits_host_.p, logits_.p, bytes, cudaMemcpyDeviceToHost, stream_), "logits");
+      if (auto r = check(cudaMemcpyAsync(logits_host_.p, logits_.p, bytes, cudaMemcpyDeviceToHost, dev_.stream()), "logits");
           !r) {
         return r;
       }
-      if (auto r = check(cudaStreamSynchronize(stream_), "step"); !r) return r;
+      if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
       std::memcpy(logits, logits_host_.p, bytes);
-    } else if (auto r = check(cudaStreamSynchronize(stream_), "step"); !r) {
+    } else if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) {
       return r;
     }
   } else if (to_device) {
     char* slot = out_slots_.as<char>() + (step_id % spec_.output_slots) * (static_cast<size_t>(M) * c.n_embd * 4);
-    if (auto r = check(cudaMemcpyAsync(slot, x_.p, x_bytes, cudaMemcpyDeviceToDevice, stream_), "output"); !r) return r;
-    if (auto r = check(cudaStreamSynchronize(stream_), "step"); !r) return r;
+    if (auto r = check(cudaMemcpyAsync(slot, x_.p, x_bytes, cudaMemcpyDeviceToDevice, dev_.stream()), "output"); !r) return r;
+    if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
     *x_dev_out = DeviceActivations{spec_.device, reinterpret_cast<uint64_t>(slot), x_bytes};
   } else {
-    if (auto r = check(cudaMemcpyAsync(x_host_.p, x_.p, x_bytes, cudaMemcpyDeviceToHost, stream_), "download"); !r) {
+    if (auto r = check(cudaMemcpyAsync(x_host_.p, x_.p, x_bytes, cudaMemcpyDeviceToHost, dev_.stream()), "download"); !r) {
       return r;
     }
-    if (auto r = check(cudaStreamSynchronize(stream_), "step"); !r) return r;
+    if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
     std::memcpy(x_out, x_host_.p, x_bytes);
   }
   return {};

@@ -4,13 +4,16 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gguf.hpp"
+#include "gpu_shard.hpp"
 #include "gpu_stage.hpp"
+#include "shard.hpp"
 #include "model.hpp"
 
 using namespace troupe;
@@ -102,6 +105,62 @@ class GpuModel {
   uint64_t step_id_ = 0;
 };
 
+// The model as one stage split into head groups, each a GpuShard: the stage's part (embedding, norms, the sum of
+// the partials, the logits) on the CPU, as the stage actor does it.
+class GpuShardedModel {
+ public:
+  static Expected<GpuShardedModel> create(std::shared_ptr<const Model> model, int tp, int max_tokens, int n_blocks) {
+    GpuShardedModel g;
+    g.model_ = model;
+    auto specs = split_stage(model->config(), 0, model->config().n_layer, tp);
+    if (!specs) return specs.error();
+    for (const ShardSpec& spec : *specs) {
+      auto shard = GpuShard::create(model, {0, spec, max_tokens, n_blocks, kBlockSize});
+      if (!shard) return shard.error();
+      g.shards_.push_back(std::move(*shard));
+    }
+    g.stage_ = std::make_unique<StageCompute>(model, Precision::fast, max_tokens);
+    return g;
+  }
+  Expected<std::vector<float>> run(const std::vector<TokenId>& tokens, int pos0) {
+    const ModelConfig& c = model_->config();
+    const int n = static_cast<int>(tokens.size());
+    StepLayout step;
+    StepLayout::Seq seq;
+    seq.n = n;
+    seq.pos0 = pos0;
+    for (int b = 0; b * kBlockSize < pos0 + n; ++b) seq.block_table.push_back(b);
+    step.seqs.push_back(seq);
+    step.n_tokens = n;
+    const size_t size = static_cast<size_t>(n) * c.n_embd;
+    std::vector<float> x(size), xn(size), logits(c.n_vocab);
+    std::vector<std::vector<double>> partials(shards_.size(), std::vector<double>(size));
+    std::vector<const double*> views;
+    for (const auto& p : partials) views.push_back(p.data());
+    stage_->embed(tokens.data(), n, x.data());
+    for (int il = 0; il < c.n_layer; ++il) {
+      const LayerWeights& L = model_->layer(il);
+      stage_->norm(L.attn_norm, x.data(), n, xn.data());
+      for (size_t g = 0; g < shards_.size(); ++g) {
+        if (auto r = shards_[g]->attention(il, step, xn.data(), partials[g].data()); !r) return r.error();
+      }
+      stage_->add_partials(x.data(), n, views);
+      stage_->norm(L.ffn_norm, x.data(), n, xn.data());
+      for (size_t g = 0; g < shards_.size(); ++g) {
+        if (auto r = shards_[g]->ffn(il, n, xn.data(), partials[g].data()); !r) return r.error();
+      }
+      stage_->add_partials(x.data(), n, views);
+    }
+    stage_->logits(x.data(), {n - 1}, logits.data());
+    return logits;
+  }
+
+ private:
+  std::shared_ptr<const Model> model_;
+  std::vector<std::unique_ptr<GpuShard>> shards_;
+  std::unique_ptr<StageCompute> stage_;
+};
+
 }  // namespace
 
 int check_forward(const std::string& path, int n_gen) {
@@ -120,11 +179,30 @@ int check_forward(const std::string& path, int n_gen) {
   }
   const int max_ctx = 130 + n_gen + 1;
   int failed = 0;
-  // one stage; two chained through the host; two handing over device to device
-  for (auto [n_stages, d2d] : {std::pair{1, false}, std::pair{2, false}, std::pair{2, true}}) {
+  // one stage; two chained through the host; two handing over device to device; one stage as GPU head groups (as
+  // many as the model has KV heads, up to 4)
+  const int n_blocks = (max_ctx + kBlockSize - 1) / kBlockSize + 1;
+  const int tp = std::min(c.n_head_kv, 4);
+  for (int config = 0; config < 4; ++config) {
+    const int n_stages = config == 0 || config == 3 ? 1 : 2;
+    const bool d2d = config == 2;
     if (n_stages > c.n_layer) continue;
-    auto gpu = GpuModel::create(*model, n_stages, 256, (max_ctx + kBlockSize - 1) / kBlockSize + 1, d2d);
-    if (!gpu) return fail(gpu.error());
+    std::optional<GpuModel> staged;
+    std::optional<GpuShardedModel> sharded;
+    if (config < 3) {
+      auto g = GpuModel::create(*model, n_stages, 256, n_blocks, d2d);
+      if (!g) return fail(g.error());
+      staged.emplace(std::move(*g));
+    } else {
+      auto g = GpuShardedModel::create(*model, tp, 256, n_blocks);
+      if (!g) return fail(g.error());
+      sharded.emplace(std::move(*g));
+    }
+    auto run_gpu = [&](const std::vector<TokenId>& tokens, int pos) {
+      return staged ? staged->run(tokens, pos) : sharded->run(tokens, pos);
+    };
+    const std::string what = config == 3 ? std::to_string(tp) + " GPU head groups" :
+                             std::to_string(n_stages) + " stage(s)" + (d2d ? " device to device" : "");
     Forward cpu(*model, 256, Precision::fast);
     ThreadTeam team(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     cpu.set_team(&team);  // the CPU reference on every core: its results do not depend on the team
@@ -141,7 +219,7 @@ int check_forward(const std::string& path, int n_gen) {
       };
       auto cl = cpu.run(prompts[pi].data(), static_cast<int>(prompts[pi].size()), 0, cache);
       if (!cl) return fail(cl.error());
-      auto gl = gpu->run(prompts[pi], 0);
+      auto gl = run_gpu(prompts[pi], 0);
       if (!gl) return fail(gl.error());
       compare(*cl, *gl);
       int pos = static_cast<int>(prompts[pi].size());
@@ -154,11 +232,11 @@ int check_forward(const std::string& path, int n_gen) {
         cl = cpu.run(&cpu_tokens.back(), 1, pos, cache);
         if (!cl) return fail(cl.error());
         if (ct == gt) {
-          gl = gpu->run({gt}, pos);
+          gl = run_gpu({gt}, pos);
           if (!gl) return fail(gl.error());
           compare(*cl, *gl);
         } else {
-          gl = gpu->run({gt}, pos);  // each path follows its own choice
+          gl = run_gpu({gt}, pos);  // each path follows its own choice
           if (!gl) return fail(gl.error());
         }
         ++pos;
@@ -170,9 +248,9 @@ int check_forward(const std::string& path, int n_gen) {
       // own choice was a near tie (margin under 1e-3 of the magnitude), where either token is right.
       const bool ok = rel <= 1e-3 && (equal || tie_margin <= 1e-3 * max_logit);
       failed += !ok;
-      std::printf("  %d stage(s)%s, prompt of %3zu tokens: max logit diff %.3g (%.2g of max |logit| %.3g), %d greedy "
+      std::printf("  %s, prompt of %3zu tokens: max logit diff %.3g (%.2g of max |logit| %.3g), %d greedy "
                   "tokens %s%s\n",
-                  n_stages, d2d ? " device to device" : "", prompts[pi].size(), max_diff, rel, max_logit, n_gen, equal ? "equal" : "DIFFER",
+                  what.c_str(), prompts[pi].size(), max_diff, rel, max_logit, n_gen, equal ? "equal" : "DIFFER",
                   ok ? "" : "  FAIL");
       if (!equal) std::printf("    first difference at a CPU top-1 margin of %.3g\n", tie_margin);
     }
