@@ -32,9 +32,8 @@ struct Traffic {
 struct LinkState {
   LinkInit init;
   std::string where;  // "127.0.0.1:9101 (stages 1..2)" for the log
-  caf::actor gate, shell;
+  caf::actor shell;
   uint64_t session = 0;
-  std::string nonce_c;
   std::map<uint64_t, Shared<StepData>> in_flight;  // steps the shell has not answered yet
   std::shared_ptr<Traffic> traffic = std::make_shared<Traffic>();
 };
@@ -54,38 +53,6 @@ uint64_t step_bytes(const StepData& d) {
   return n;
 }
 
-void attach(LinkActor* self, const caf::actor& gate, const std::string& nonce_w, const std::string& mac_w,
-            uint64_t model_size, const std::string& model_sha256) {
-  auto& st = self->state;
-  // The worker proves it knows the secret before the coordinator proves it does.
-  if (!same_bytes(mac_w, hmac_sha256(st.init.secret, "troupe-worker", st.nonce_c, nonce_w))) {
-    end_link(self, "the worker failed authentication (its secret differs from TROUPE_SECRET)");
-    return;
-  }
-  if (model_size != st.init.digest.size || model_sha256 != st.init.digest.sha256) {
-    end_link(self, "model mismatch: the worker's file has " + std::to_string(model_size) + " bytes, sha256 " +
-                       model_sha256 + "; ours has " + std::to_string(st.init.digest.size) + " bytes, sha256 " +
-                       st.init.digest.sha256);
-    return;
-  }
-  const Blob mac_c{hmac_sha256(st.init.secret, "troupe-coordinator", nonce_w, st.nonce_c)};
-  self->request(gate, std::chrono::seconds(60), attach_atom::value, Blob{nonce_w}, mac_c, st.init.spec,
-                caf::actor_cast<caf::actor>(self))
-      .then(
-          [self](std::string& error, caf::actor& shell, uint64_t session) {
-            auto& s = self->state;
-            if (!error.empty() || !shell) {
-              end_link(self, "refused the attach: " + (error.empty() ? std::string("no shell") : error));
-              return;
-            }
-            s.shell = shell;
-            s.session = session;
-            self->monitor(shell);
-            self->send(s.init.scheduler, attached_atom::value, s.init.where.stage_begin);
-          },
-          [self](caf::error& e) { end_link(self, "attach: " + render(self, e)); });
-}
-
 caf::behavior link_actor(LinkActor* self, LinkInit init) {
   auto& st = self->state;
   st.init = std::move(init);
@@ -103,26 +70,16 @@ caf::behavior link_actor(LinkActor* self, LinkInit init) {
     }
   });
 
-  // Connect (the middleman's actor answers asynchronously), then hello, then attach.
-  st.nonce_c = random_bytes(32);
-  auto mm = self->system().middleman().actor_handle();
-  self->request(mm, std::chrono::seconds(5), caf::connect_atom::value, w.host, static_cast<uint16_t>(w.port))
-      .then(
-          [self](caf::node_id&, caf::strong_actor_ptr& gate_ptr, std::set<std::string>&) {
-            auto& s = self->state;
-            if (!gate_ptr) {
-              end_link(self, "nothing is published there");
-              return;
-            }
-            s.gate = caf::actor_cast<caf::actor>(gate_ptr);
-            self->request(s.gate, std::chrono::seconds(5), hello_atom::value, Blob{s.nonce_c})
-                .then(
-                    [self](Blob& nonce_w, Blob& mac_w, uint64_t size, std::string& sha256) {
-                      attach(self, self->state.gate, nonce_w.bytes, mac_w.bytes, size, sha256);
-                    },
-                    [self](caf::error& e) { end_link(self, "hello: " + render(self, e)); });
-          },
-          [self](caf::error& e) { end_link(self, "cannot connect: " + render(self, e)); });
+  attach_to_worker(
+      self, w.host, w.port, st.init.secret, st.init.digest, st.init.spec,
+      [self](caf::actor shell, uint64_t session) {
+        auto& s = self->state;
+        s.shell = std::move(shell);
+        s.session = session;
+        self->monitor(s.shell);
+        self->send(s.init.scheduler, attached_atom::value, s.init.where.stage_begin);
+      },
+      [self](const std::string& why) { end_link(self, why); });
 
   const int n_embd = st.init.model->config().n_embd;
   const int n_vocab = st.init.model->config().n_vocab;
