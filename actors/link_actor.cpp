@@ -5,6 +5,7 @@
 //   (output, id, Blob)                     from the shell: checked against the step sent, (step, ...) downstream
 //   (result, id, Blob)                     from the shell: checked, (result, id, Logits) to the scheduler
 //   (failed, id, why) | (restarted, why)   from the shell: forwarded to the scheduler
+//   (stats, Blob)                          from the shell: its shards' counters, copied into this replica's (/metrics)
 //   (fault, stage, group)                  from the scheduler: forwarded to the shell
 //   (timeout, id)                          to itself: the step is still unanswered after timeout_s: the link ends
 //
@@ -150,6 +151,26 @@ caf::behavior link_actor(LinkActor* self, LinkInit init) {
         auto& s = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(s.shell)) return;
         self->send(s.init.scheduler, restarted_atom::value, "worker " + s.where + ": " + why);
+      },
+      [=](stats_atom, Blob& in) {
+        // The worker's counters of the range's shards, copied into this replica's slots (the link is their only
+        // writer: the shards run on the worker). They only feed /metrics; a bad buffer is dropped.
+        auto& s = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(s.shell) || !s.init.metrics) return;
+        const AttachSpec& sp = s.init.spec;
+        const size_t n_shards = static_cast<size_t>(sp.stage_end - sp.stage_begin) * sp.tp;
+        std::vector<uint64_t> words;
+        if (!decode_u64s(in.bytes, n_shards * kShardCounterWords, words)) return;
+        const uint64_t* w = words.data();
+        for (int st = sp.stage_begin; st < sp.stage_end; ++st) {
+          for (int g = 0; g < sp.tp; ++g, w += kShardCounterWords) {
+            ShardCounters& c = s.init.metrics->shard(sp.replica, st, g);
+            c.sent.store(w[0], std::memory_order_relaxed);
+            c.taken.store(w[1], std::memory_order_relaxed);
+            c.step_ns.store(w[2], std::memory_order_relaxed);
+            for (size_t b = 0; b < c.step_buckets.size(); ++b) c.step_buckets[b].store(w[3 + b], std::memory_order_relaxed);
+          }
+        }
       },
       [=](fault_atom, int stage, int group) {
         if (self->state.shell) self->send(self->state.shell, fault_atom::value, stage, group);

@@ -16,6 +16,8 @@
 //   shell -> link  (output, step id, Blob)               the residual stream after the range's last stage
 //   shell -> link  (result, step id, Blob)               the logits, when the range ends the pipeline
 //   shell -> link  (failed, step id, why) | (restarted, why)   as a local stage reports to its scheduler
+//   shell -> link  (stats, Blob)                         its shards' counters (kShardCounterWords u64 each, by stage
+//                                                        then group), at most every 0.25 s after a step: /metrics
 //   link -> shell  (fault, stage, group)                 fault injection (tests)
 // Head groups (AttachSpec::group >= 0; the stage actor stays on the coordinator, the group link stands for a shard):
 //   link -> shell  (step, Shared<StepData>)              once per step, before its first attn: checked, kept
@@ -102,7 +104,11 @@ struct LinkInit {
   double timeout_s = 30;
   caf::actor next;       // where the range's output goes: the next stage (or its link), or the scheduler
   caf::actor scheduler;  // failures and "attached"
+  std::shared_ptr<Metrics> metrics;  // where the worker's counters of the range's shards are copied (/metrics)
 };
+
+// A shard's counters as they cross: sent, taken, step_ns, then the step-time buckets.
+inline constexpr size_t kShardCounterWords = 3 + kShardStepBounds.size() + 1;
 
 // A local stand-in for a range of stages on a worker: it attaches (connect, hello, attach), then translates between
 // the local messages (Shared buffers) and Blobs. It reports (attached, stage_begin) to the scheduler, and ends with

@@ -172,7 +172,7 @@ caf::actor spawn_remote_range(SchedulerActor* self, const RemoteStages& w, int l
   }
   LinkInit li{st.init.model, range, plan.placement.secret, st.init.digest,
               attach_spec(st, range.stage_begin, range.stage_end), plan.placement.timeout_s,
-              std::move(downstream), caf::actor_cast<caf::actor>(self)};
+              std::move(downstream), caf::actor_cast<caf::actor>(self), st.init.metrics};
   caf::actor link = spawn_link(self, std::move(li));
   self->monitor(link);
   for (int s = range.stage_begin; s <= last; ++s) {

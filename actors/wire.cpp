@@ -157,6 +157,21 @@ Expected<void> decode_partials(const std::string& bytes, const WireHeader& want,
   return {};
 }
 
+std::string encode_u64s(const std::vector<uint64_t>& values) {
+  std::string out(8 * values.size(), '\0');
+  for (size_t i = 0; i < values.size(); ++i) put(reinterpret_cast<uint8_t*>(out.data()) + 8 * i, values[i], 8);
+  return out;
+}
+
+Expected<void> decode_u64s(const std::string& bytes, size_t n, std::vector<uint64_t>& out) {
+  if (bytes.size() != 8 * n) {
+    return bad(std::to_string(bytes.size()) + " bytes of counters, expected " + std::to_string(8 * n));
+  }
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = get(reinterpret_cast<const uint8_t*>(bytes.data()) + 8 * i, 8);
+  return {};
+}
+
 Expected<void> check_step(const StepLayout& layout, const std::vector<TokenId>& tokens,
                           const std::vector<int>& logit_rows, const StepLimits& lim) {
   const int n = layout.n_tokens;

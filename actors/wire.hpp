@@ -62,6 +62,11 @@ std::string encode_partials(const WireHeader& header, const double* partials);
 // The doubles of `bytes`, checked as decode_rows checks rows, with dtype f64 and kind partials required.
 Expected<void> decode_partials(const std::string& bytes, const WireHeader& expected, std::vector<double>& out);
 
+// Counters as 8-byte little-endian numbers (a worker's per-shard counters for /metrics); decode refuses any other
+// count than `n`.
+std::string encode_u64s(const std::vector<uint64_t>& values);
+Expected<void> decode_u64s(const std::string& bytes, size_t n, std::vector<uint64_t>& out);
+
 // Limits a worker holds a step to: those of the plan it was attached with, and its model's.
 struct StepLimits {
   int n_vocab = 0;

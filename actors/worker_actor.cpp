@@ -10,6 +10,7 @@
 //          (result, id, Logits)                        from the last stage of the pipeline: (result, id, Blob)
 //          (failed, id, why) | (restarted, why)        from its stages: forwarded to the link
 //          (fault, stage, group)                       from its coordinator: fault injection
+//          -> (stats, Blob)                            its shards' counters to the link, after a step (/metrics)
 //
 // Both are reachable from the network (the gate by its published port, a shell by the actor id the coordinator
 // learns), so both filter what other processes may put in their mailboxes (Guarded::enqueue): only their protocol's
@@ -90,6 +91,7 @@ class Shell final : public Guarded {
           WireHeader h{static_cast<WireDtype>(init_.spec.dtype), WireKind::activations, init_.session, step->step_id,
                        static_cast<uint32_t>(step->layout.n_tokens), static_cast<uint32_t>(c.n_embd)};
           send(init_.link, output_atom::value, step->step_id, Blob{encode_rows(h, x->data())});
+          send_stats();
         },
         [this](result_atom, uint64_t step_id, Logits& logits) {
           if (current_sender() != caf::actor_cast<caf::strong_actor_ptr>(stages_.back())) return;
@@ -97,6 +99,7 @@ class Shell final : public Guarded {
           WireHeader h{WireDtype::f32, WireKind::logits, init_.session, step_id,
                        static_cast<uint32_t>(logits->size() / n_vocab), n_vocab};
           send(init_.link, result_atom::value, step_id, Blob{encode_rows(h, logits->data())});
+          send_stats();
         },
         [this](failed_atom, uint64_t step_id, std::string& why) {
           if (!from_my_stage()) return;
@@ -154,6 +157,25 @@ class Shell final : public Guarded {
     send(stages_.front(), step_atom::value, step, std::move(x));
   }
 
+  // The counters of the range's shards, for the coordinator's /metrics: after a step, at most every 0.25 s.
+  void send_stats() {
+    const auto now = Clock::now();
+    if (now - last_stats_ < std::chrono::milliseconds(250)) return;
+    last_stats_ = now;
+    std::vector<uint64_t> words;
+    words.reserve((init_.spec.stage_end - init_.spec.stage_begin) * init_.spec.tp * kShardCounterWords);
+    for (int s = init_.spec.stage_begin; s < init_.spec.stage_end; ++s) {
+      for (int g = 0; g < init_.spec.tp; ++g) {
+        const ShardCounters& c = metrics_->shard(0, s, g);
+        words.push_back(c.sent.load(std::memory_order_relaxed));
+        words.push_back(c.taken.load(std::memory_order_relaxed));
+        words.push_back(c.step_ns.load(std::memory_order_relaxed));
+        for (const auto& b : c.step_buckets) words.push_back(b.load(std::memory_order_relaxed));
+      }
+    }
+    send(init_.link, stats_atom::value, Blob{encode_u64s(words)});
+  }
+
   // A step that cannot run: the coordinator hears at once (rather than at its timeout), and the log says why.
   void refuse(uint64_t step_id, const std::string& why) {
     const uint64_t n = ++refused_;
@@ -166,6 +188,7 @@ class Shell final : public Guarded {
   std::shared_ptr<Metrics> metrics_;
   std::vector<caf::actor> stages_;  // (stage_end - stage_begin) the range's stages, first to last
   uint64_t refused_ = 0;
+  Clock::time_point last_stats_{};  // when the shards' counters were last sent
 };
 
 // ---- the gate: handshake and attach ----

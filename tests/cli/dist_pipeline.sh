@@ -50,6 +50,7 @@ run_config() {
   check "$name: the start-up log names the placement ($4)" grep -qF "placement: $4" "$tmp/$name.log"
   complete_all "$url" "$tmp/$name"
   check "$name: every greedy text equals the single-process one" same_texts "$tmp/$name" "$tmp/ref"
+  curl -s "$url/metrics" >"$tmp/$name.metrics"
   stop_pid "$spid"
   check "$name: the server stopped cleanly" grep -q stopped "$tmp/$name.log"
 }
@@ -59,6 +60,8 @@ jq --arg a "127.0.0.1:$port_a" --arg b "127.0.0.1:$port_b" '.placement[0].worker
   "$src/config/two-workers.json" >"$tmp/example.json"
 run_config example \
   "replica 0: stage 0 on 127.0.0.1:$port_a (layers 0-9), stage 1 on 127.0.0.1:$port_b (layers 10-19), stage 2 here (layers 20-29)"
+n=$(grep -F 'troupe_shard_step_seconds_count{replica="0",stage="0",group="0"}' "$tmp/example.metrics" | awk '{print $2}')
+check "/metrics counts the steps of a shard on a worker (stage 0: ${n:-none})" test "${n:-0}" -gt 0
 run middle_last '{"pp": 3}' \
   "[{\"stage\": 1, \"worker\": \"127.0.0.1:$port_a\"}, {\"stage\": 2, \"worker\": \"127.0.0.1:$port_b\"}]" \
   "replica 0: stage 0 here (layers 0-9), stage 1 on 127.0.0.1:$port_a (layers 10-19), stage 2 on 127.0.0.1:$port_b (layers 20-29)"

@@ -137,6 +137,21 @@ TEST_CASE("wire: a head group's partial sums cross as f64 bits, exactly, and not
   CHECK_FALSE(decode_rows(bytes, WireHeader{WireDtype::f32, WireKind::partials, h.session, 42, 2, 4}, true, fout).has_value());
 }
 
+TEST_CASE("wire: a worker's shard counters cross as u64s, and only the expected count of them") {
+  const std::vector<uint64_t> v{0, 1, 0xffffffffffffffffULL, 0x0102030405060708ULL};
+  const std::string bytes = encode_u64s(v);
+  CHECK(bytes.size() == 32);
+  CHECK(bytes[0] == 0);
+  CHECK(bytes[24] == 8);  // little-endian
+  std::vector<uint64_t> out;
+  REQUIRE(decode_u64s(bytes, 4, out).has_value());
+  CHECK(out == v);
+  CHECK_FALSE(decode_u64s(bytes, 3, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes, 5, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes.substr(0, 31), 4, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes + "x", 4, out).has_value());
+}
+
 TEST_CASE("wire: random bytes never decode") {
   std::mt19937 rng(7);
   std::vector<float> out;
