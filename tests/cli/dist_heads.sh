@@ -7,8 +7,8 @@
 # at once, every text equal to the single-process server's; the remote groups' compute time shows in /metrics.
 # Impossible placements are refused. `kill -9` of a worker hosting a head group mid-stream ends the stream with an
 # error event, the server stays up and a second (local) replica serves; after a restart the coordinator re-attaches
-# and the texts are again those of one process. A remote shard that dies is respawned on its worker: only the
-# request in that step fails.
+# and the texts are again those of one process; a stopped (silent) worker is caught by the step timeout. A remote
+# shard that dies is respawned on its worker: only the request in that step fails. f16 activations serve.
 # Usage: dist_heads.sh TROUPE_BINARY SOURCE_DIR
 set -u
 troupe=$(realpath "$1")
@@ -81,6 +81,18 @@ run stage_and_groups '{"pp": 2, "tp": 2}' \
   "replica 0: stage 0 on $a (layers 0-14), stage 1 here (layers 15-29; head group 1 on $b, 1 of its 2 here"
 check "worker a logged head-group attaches" grep -q "worker: attached by .*head group 0 of stage 0" "$tmp/wa.log"
 
+# f16 activations to a head group: half the bytes out (the partial sums still come back as f64); the texts may
+# differ from one process's, so only that it serves is checked.
+printf '{"engine": {"tp": 2}, "placement": [{"stage": 0, "group": 1, "worker": "%s"}], "remote": {"activations": "f16"}}\n' \
+  "$b" >"$tmp/f16.json"
+if start_serve f16 "$tmp/f16.json"; then
+  text=$(complete "$url" "${prompts[0]}")
+  check "f16: a completion succeeds ($(cat "$tmp/status") $text)" test "$(cat "$tmp/status")" = 200 -a ${#text} -gt 10
+  stop_pid "$spid"
+else
+  check "f16: the server started" false
+fi
+
 # Placements the plan cannot have are refused at start-up with a message naming the problem.
 bad_config() {  # bad_config JSON EXPECTED_MESSAGE
   echo "$1" >"$tmp/bad.json"
@@ -145,6 +157,17 @@ check "a stream after the restart finishes" grep -q '"finish_reason":"length"' "
 check "the restarted worker served its head group" grep -q "worker: attached by .*head group 1 of stage 0" "$tmp/wa2.log"
 complete_all "$url" "$tmp/back"
 check "greedy texts after the restart equal one process's" same_texts "$tmp/back" "$tmp/ref"
+# A worker that goes silent (SIGSTOP: connection open, no answers): the group link's step timeout (4 s here).
+stream "$url" 4000 "$tmp/stream3"
+for _ in $(seq 300); do n=$(grep -c '^data: {' "$tmp/stream3" 2>/dev/null); [ "${n:-0}" -ge 3 ] && break; sleep 0.1; done
+kill -STOP "$wpid"
+took=
+for t in $(seq 200); do kill -0 "$cpid" 2>/dev/null || { took=$t; break; }; sleep 0.1; done
+echo "SIGSTOP of a head group's worker: the stream ended after ${took:-?} tenths of a second"
+check "a stream on a stopped head group's worker ends within 20 s (took ${took:-?} tenths)" test -n "$took"
+check "with an error event" bash -c "grep '^data: {' '$tmp/stream3' | tail -1 | grep -q '\"error\"'"
+check "the coordinator logged the step timeout" grep -q "head group 1): no answer to step" "$tmp/faults.log"
+kill -CONT "$wpid"
 stop_pid "$spid"
 
 # ---- a remote shard that dies: respawned on the worker; only the request in that step fails ----
