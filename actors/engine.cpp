@@ -38,7 +38,7 @@ std::string describe_devices(const std::vector<std::vector<int>>& devices) {
 
 const RemoteStages* Placement::find(int replica, int stage) const {
   for (const auto& r : remote) {
-    if ((r.replica < 0 || r.replica == replica) && stage >= r.stage_begin && stage < r.stage_end) return &r;
+    if (!r.groups() && (r.replica < 0 || r.replica == replica) && stage >= r.stage_begin && stage < r.stage_end) return &r;
   }
   return nullptr;
 }
@@ -57,12 +57,14 @@ std::string describe_placement(const Plan& plan, const ModelConfig& c) {
       while (e < plan.pp) {
         const RemoteStages* n = plan.placement.find(r, e);
         if ((w == nullptr) != (n == nullptr) || (w && (n->host != w->host || n->port != w->port))) break;
+        if (!w && (!describe_groups(plan, r, s).empty() || !describe_groups(plan, r, e).empty())) break;
         ++e;
       }
       out += (s ? ", " : " ") + std::string(e - s > 1 ? "stages " : "stage ") + std::to_string(s) +
              (e - s > 1 ? "-" + std::to_string(e - 1) : "") +
              (w ? " on " + w->host + ":" + std::to_string(w->port) : " here") + " (layers " +
-             std::to_string((*layers)[s].first) + "-" + std::to_string((*layers)[e - 1].second - 1) + ")";
+             std::to_string((*layers)[s].first) + "-" + std::to_string((*layers)[e - 1].second - 1) +
+             (w ? "" : describe_groups(plan, r, s)) + ")";
       s = e;
     }
   }
@@ -107,8 +109,12 @@ static Expected<void> check_devices(const Model& model, const Plan& plan) {
                      where + ": " + (n_cuda == 0 ? why : std::to_string(n_cuda) + " CUDA device(s)")};
       }
       if (plan.precision != Precision::fast) return bad(where + ": GPU stages compute in the fast precision only");
-      for (int r = 0; r < plan.replicas; ++r) {
-        if (plan.placement.find(r, s)) return bad(where + ": the stage is also placed on a worker");
+      for (int r = 0; r < plan.replicas; ++r) {  // a stage or a group is either on a worker or on a GPU here
+        bool on_worker = plan.placement.find(r, s) != nullptr;
+        for (int g2 = 0; g2 < plan.tp; ++g2) {
+          if ((list.size() == 1 || g2 == static_cast<int>(g)) && plan.placement.find_group(r, s, g2)) on_worker = true;
+        }
+        if (on_worker) return bad(where + ": it is also placed on a worker");
       }
       if (c.head_dim % 32 != 0 || c.head_dim > 256) {
         return bad(where + ": the CUDA attention needs a head size that is a multiple of 32 up to 256");
@@ -134,6 +140,7 @@ Expected<void> check_plan(const Model& model, const Plan& plan) {
                std::to_string(plan.max_running) + "): every running sequence needs a token per step");
   }
   for (const auto& r : plan.placement.remote) {
+    if (r.groups()) continue;  // check_group_placement
     const std::string where = "placement of " + r.host + ":" + std::to_string(r.port);
     if (r.host.empty() || r.port < 1 || r.port > 65535) return bad(where + ": a worker needs HOST:PORT");
     if (r.replica >= plan.replicas) return bad(where + ": replica " + std::to_string(r.replica) + " does not exist");
@@ -143,11 +150,12 @@ Expected<void> check_plan(const Model& model, const Plan& plan) {
     }
     for (const auto& o : plan.placement.remote) {
       const bool same_replicas = r.replica < 0 || o.replica < 0 || r.replica == o.replica;
-      if (&o != &r && same_replicas && r.stage_begin < o.stage_end && o.stage_begin < r.stage_end) {
+      if (&o != &r && !o.groups() && same_replicas && r.stage_begin < o.stage_end && o.stage_begin < r.stage_end) {
         return bad(where + ": a stage is placed twice");
       }
     }
   }
+  if (auto ok = check_group_placement(plan); !ok) return ok.error();
   if (plan.placement.timeout_s <= 0 || plan.placement.reconnect_s <= 0) {
     return bad("remote timeout and reconnect interval must be positive");
   }

@@ -24,12 +24,17 @@
 
 namespace troupe {
 
-// Pipeline stages placed on worker processes (`troupe worker`, docs/distributed.md); every other stage runs here.
+// Pipeline stages, or head groups of stages, placed on worker processes (`troupe worker`, docs/distributed.md);
+// everything else runs here.
 struct RemoteStages {
   int replica = -1;                    // -1: every replica
   int stage_begin = 0, stage_end = 0;  // stages [begin, end); a range on one worker runs as one chain there
+  int group_begin = 0, group_end = 0;  // head groups [begin, end) of those stages: only their shards (KV heads, FFN
+                                       // rows, KV cache) go to the worker, each stage stays here; 0, 0: whole stages
   std::string host;                    // the worker's address
   int port = 0;
+
+  bool groups() const { return group_end > group_begin; }
 };
 
 struct Placement {
@@ -41,6 +46,8 @@ struct Placement {
 
   // The worker serving stage s of replica r, or nullptr when it is local.
   const RemoteStages* find(int replica, int stage) const;
+  // The worker serving head group g of stage s of replica r, or nullptr when the group runs with its stage.
+  const RemoteStages* find_group(int replica, int stage, int group) const;
 };
 
 // How the model is cut: t head groups per stage, p pipeline stages, r replicas.

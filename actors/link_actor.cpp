@@ -5,6 +5,7 @@
 //   (output, id, Blob)                     from the shell: checked against the step sent, (step, ...) downstream
 //   (result, id, Blob)                     from the shell: checked, (result, id, Logits) to the scheduler
 //   (failed, id, why) | (restarted, why)   from the shell: forwarded to the scheduler
+//   (stats, Blob)                          from the shell: its shards' counters, copied into this replica's (/metrics)
 //   (fault, stage, group)                  from the scheduler: forwarded to the shell
 //   (timeout, id)                          to itself: the step is still unanswered after timeout_s: the link ends
 //
@@ -32,9 +33,8 @@ struct Traffic {
 struct LinkState {
   LinkInit init;
   std::string where;  // "127.0.0.1:9101 (stages 1..2)" for the log
-  caf::actor gate, shell;
+  caf::actor shell;
   uint64_t session = 0;
-  std::string nonce_c;
   std::map<uint64_t, Shared<StepData>> in_flight;  // steps the shell has not answered yet
   std::shared_ptr<Traffic> traffic = std::make_shared<Traffic>();
 };
@@ -54,38 +54,6 @@ uint64_t step_bytes(const StepData& d) {
   return n;
 }
 
-void attach(LinkActor* self, const caf::actor& gate, const std::string& nonce_w, const std::string& mac_w,
-            uint64_t model_size, const std::string& model_sha256) {
-  auto& st = self->state;
-  // The worker proves it knows the secret before the coordinator proves it does.
-  if (!same_bytes(mac_w, hmac_sha256(st.init.secret, "troupe-worker", st.nonce_c, nonce_w))) {
-    end_link(self, "the worker failed authentication (its secret differs from TROUPE_SECRET)");
-    return;
-  }
-  if (model_size != st.init.digest.size || model_sha256 != st.init.digest.sha256) {
-    end_link(self, "model mismatch: the worker's file has " + std::to_string(model_size) + " bytes, sha256 " +
-                       model_sha256 + "; ours has " + std::to_string(st.init.digest.size) + " bytes, sha256 " +
-                       st.init.digest.sha256);
-    return;
-  }
-  const Blob mac_c{hmac_sha256(st.init.secret, "troupe-coordinator", nonce_w, st.nonce_c)};
-  self->request(gate, std::chrono::seconds(60), attach_atom::value, Blob{nonce_w}, mac_c, st.init.spec,
-                caf::actor_cast<caf::actor>(self))
-      .then(
-          [self](std::string& error, caf::actor& shell, uint64_t session) {
-            auto& s = self->state;
-            if (!error.empty() || !shell) {
-              end_link(self, "refused the attach: " + (error.empty() ? std::string("no shell") : error));
-              return;
-            }
-            s.shell = shell;
-            s.session = session;
-            self->monitor(shell);
-            self->send(s.init.scheduler, attached_atom::value, s.init.where.stage_begin);
-          },
-          [self](caf::error& e) { end_link(self, "attach: " + render(self, e)); });
-}
-
 caf::behavior link_actor(LinkActor* self, LinkInit init) {
   auto& st = self->state;
   st.init = std::move(init);
@@ -103,26 +71,16 @@ caf::behavior link_actor(LinkActor* self, LinkInit init) {
     }
   });
 
-  // Connect (the middleman's actor answers asynchronously), then hello, then attach.
-  st.nonce_c = random_bytes(32);
-  auto mm = self->system().middleman().actor_handle();
-  self->request(mm, std::chrono::seconds(5), caf::connect_atom::value, w.host, static_cast<uint16_t>(w.port))
-      .then(
-          [self](caf::node_id&, caf::strong_actor_ptr& gate_ptr, std::set<std::string>&) {
-            auto& s = self->state;
-            if (!gate_ptr) {
-              end_link(self, "nothing is published there");
-              return;
-            }
-            s.gate = caf::actor_cast<caf::actor>(gate_ptr);
-            self->request(s.gate, std::chrono::seconds(5), hello_atom::value, Blob{s.nonce_c})
-                .then(
-                    [self](Blob& nonce_w, Blob& mac_w, uint64_t size, std::string& sha256) {
-                      attach(self, self->state.gate, nonce_w.bytes, mac_w.bytes, size, sha256);
-                    },
-                    [self](caf::error& e) { end_link(self, "hello: " + render(self, e)); });
-          },
-          [self](caf::error& e) { end_link(self, "cannot connect: " + render(self, e)); });
+  attach_to_worker(
+      self, w.host, w.port, st.init.secret, st.init.digest, st.init.spec,
+      [self](caf::actor shell, uint64_t session) {
+        auto& s = self->state;
+        s.shell = std::move(shell);
+        s.session = session;
+        self->monitor(s.shell);
+        self->send(s.init.scheduler, attached_atom::value, s.init.where.stage_begin);
+      },
+      [self](const std::string& why) { end_link(self, why); });
 
   const int n_embd = st.init.model->config().n_embd;
   const int n_vocab = st.init.model->config().n_vocab;
@@ -193,6 +151,26 @@ caf::behavior link_actor(LinkActor* self, LinkInit init) {
         auto& s = self->state;
         if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(s.shell)) return;
         self->send(s.init.scheduler, restarted_atom::value, "worker " + s.where + ": " + why);
+      },
+      [=](stats_atom, Blob& in) {
+        // The worker's counters of the range's shards, copied into this replica's slots (the link is their only
+        // writer: the shards run on the worker). They only feed /metrics; a bad buffer is dropped.
+        auto& s = self->state;
+        if (self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(s.shell) || !s.init.metrics) return;
+        const AttachSpec& sp = s.init.spec;
+        const size_t n_shards = static_cast<size_t>(sp.stage_end - sp.stage_begin) * sp.tp;
+        std::vector<uint64_t> words;
+        if (!decode_u64s(in.bytes, n_shards * kShardCounterWords, words)) return;
+        const uint64_t* w = words.data();
+        for (int st = sp.stage_begin; st < sp.stage_end; ++st) {
+          for (int g = 0; g < sp.tp; ++g, w += kShardCounterWords) {
+            ShardCounters& c = s.init.metrics->shard(sp.replica, st, g);
+            c.sent.store(w[0], std::memory_order_relaxed);
+            c.taken.store(w[1], std::memory_order_relaxed);
+            c.step_ns.store(w[2], std::memory_order_relaxed);
+            for (size_t b = 0; b < c.step_buckets.size(); ++b) c.step_buckets[b].store(w[3 + b], std::memory_order_relaxed);
+          }
+        }
       },
       [=](fault_atom, int stage, int group) {
         if (self->state.shell) self->send(self->state.shell, fault_atom::value, stage, group);

@@ -56,6 +56,7 @@ struct SchedulerState {
   EngineStats counters;
   // Stages on workers (plan.placement): a link actor stands in for each range of them (remote.hpp).
   std::vector<bool> remote;  // (pp) stage s runs on a worker; stages[s] is then its range's link
+  std::vector<bool> remote_groups;  // (pp) stage s runs here with some of its head groups on workers
   int links_pending = 0;     // links of this pipeline that have not attached yet
   bool ready = true;         // every link attached: steps may be sent
   std::string down;          // why the replica cannot serve ("" when it can): a worker is gone; re-attaching
@@ -124,6 +125,39 @@ void stop_stages(SchedulerActor* self) {
   self->state.stages.clear();
 }
 
+// What a worker is asked to run: stages [begin, end) of this replica's plan (or, with spec.group set, a head group).
+AttachSpec attach_spec(const SchedulerState& st, int begin, int end) {
+  const Plan& plan = st.init.plan;
+  return AttachSpec{st.init.digest.size, st.init.digest.sha256, st.init.replica, plan.pp, begin, end, plan.tp,
+                    static_cast<int>(plan.precision), plan.max_batched_tokens, st.init.n_blocks, plan.block_size,
+                    st.init.max_context, plan.team,
+                    static_cast<int>(plan.placement.f16 ? WireDtype::f16 : WireDtype::f32)};
+}
+
+// For a local stage with head groups on workers: what the stage calls to spawn the link of group g (an invalid
+// handle for a group that runs here). Empty when every group of the stage runs here.
+std::function<caf::actor(caf::local_actor*, int)> remote_groups(SchedulerActor* self, int stage) {
+  auto& st = self->state;
+  const Plan& plan = st.init.plan;
+  const int replica = st.init.replica;
+  bool any = false;
+  for (int g = 0; g < plan.tp; ++g) any = any || plan.placement.find_group(replica, stage, g) != nullptr;
+  if (!any) return {};
+  GroupLinkInit base{st.init.model, {}, 0, plan.placement.secret, st.init.digest, attach_spec(st, stage, stage + 1),
+                     plan.placement.timeout_s, {}, caf::actor_cast<caf::actor>(self), st.init.metrics, nullptr};
+  return [base, placement = plan.placement, replica, stage](caf::local_actor* stage_actor, int g) -> caf::actor {
+    const RemoteStages* w = placement.find_group(replica, stage, g);
+    if (!w) return {};
+    GroupLinkInit init = base;
+    init.host = w->host;
+    init.port = w->port;
+    init.spec.group = g;
+    init.stage = caf::actor_cast<caf::actor>(stage_actor);
+    init.counters = &init.metrics->shard(replica, stage, g);
+    return spawn_group_link(stage_actor, std::move(init));
+  };
+}
+
 // The link for stages [.., last] placed on one worker (consecutive stages on the same worker form one range).
 caf::actor spawn_remote_range(SchedulerActor* self, const RemoteStages& w, int last, caf::actor downstream) {
   auto& st = self->state;
@@ -136,12 +170,9 @@ caf::actor spawn_remote_range(SchedulerActor* self, const RemoteStages& w, int l
     if (!prev || prev->host != w.host || prev->port != w.port) break;
     --range.stage_begin;
   }
-  AttachSpec spec{st.init.digest.size, st.init.digest.sha256, st.init.replica, plan.pp, range.stage_begin,
-                  range.stage_end, plan.tp, static_cast<int>(plan.precision), plan.max_batched_tokens,
-                  st.init.n_blocks, plan.block_size, st.init.max_context, plan.team,
-                  static_cast<int>(plan.placement.f16 ? WireDtype::f16 : WireDtype::f32)};
-  LinkInit li{st.init.model, range, plan.placement.secret, st.init.digest, spec, plan.placement.timeout_s,
-              std::move(downstream), caf::actor_cast<caf::actor>(self)};
+  LinkInit li{st.init.model, range, plan.placement.secret, st.init.digest,
+              attach_spec(st, range.stage_begin, range.stage_end), plan.placement.timeout_s,
+              std::move(downstream), caf::actor_cast<caf::actor>(self), st.init.metrics};
   caf::actor link = spawn_link(self, std::move(li));
   self->monitor(link);
   for (int s = range.stage_begin; s <= last; ++s) {
@@ -159,6 +190,7 @@ void spawn_pipeline(SchedulerActor* self) {
   stop_stages(self);
   st.stages.assign(plan.pp, caf::actor{});
   st.remote.assign(plan.pp, false);
+  st.remote_groups.assign(plan.pp, false);
   st.links_pending = 0;
   auto layers = split_range(c.n_layer, plan.pp, 1);
   caf::actor downstream = caf::actor_cast<caf::actor>(self);
@@ -198,8 +230,14 @@ void spawn_pipeline(SchedulerActor* self) {
       si.group_devices.push_back(plan.group_device(s, g));
       gpu_groups = gpu_groups || si.group_devices.back() >= 0;
     }
+    si.remote_group = remote_groups(self, s);
+    if (si.remote_group) {
+      st.remote_groups[s] = true;
+      st.links_pending += 1;  // the stage reports (attached) once its group links have
+    }
     st.stages[s] = spawn_stage(self, std::move(si));
-    st.remote[s] = gpu_groups;  // a stage with GPU shards ends when a device fails: the replica is then down
+    // a stage with GPU shards ends when a device fails: the replica is then down, as when a worker is lost
+    if (gpu_groups) st.remote_groups[s] = true;
     self->monitor(st.stages[s]);
     downstream = st.stages[s];
   }
@@ -405,7 +443,7 @@ caf::behavior scheduler_actor(SchedulerActor* self, ReplicaInit init) {
     auto& s = self->state;
     auto it = std::find_if(s.stages.begin(), s.stages.end(), [&](const caf::actor& a) { return a.address() == dm.source; });
     if (it == s.stages.end()) return;
-    if (s.remote[it - s.stages.begin()]) {
+    if (s.remote[it - s.stages.begin()] || s.remote_groups[it - s.stages.begin()]) {
       remote_down(self, reason_text(self, dm.reason));
       return;
     }

@@ -8,8 +8,14 @@
 // shard order whatever order they arrive in, so results do not depend on timing.
 //
 // Steps arrive while one is running (pipelining keeps several in flight): they wait in a queue, in order.
+//
+// Head groups placed on workers (StageInit::remote_group) are group links (group_link.cpp) that take and answer
+// the same messages as a shard. The stage reports (attached, stage) to the scheduler once all of them have attached
+// to their workers, and ends with a link's reason when one ends (the scheduler then fails the replica's requests:
+// their KV cache was partly on that worker), instead of respawning it.
 #include <deque>
 
+#include "remote.hpp"
 #include "troupe.hpp"
 
 namespace troupe {
@@ -28,6 +34,8 @@ struct StageState {
   std::shared_ptr<std::vector<caf::actor>> shard_list = std::make_shared<std::vector<caf::actor>>();
   std::vector<caf::actor>& shards = *shard_list;
   std::vector<ShardCounters*> counters;  // by group: each shard's slot in init.metrics
+  std::vector<bool> remote;              // by group: a group link stands for the shard
+  int n_remote = 0, n_attached = 0;      // group links, and those attached
   std::deque<Pending> queue;
   // the running step
   bool busy = false;
@@ -126,6 +134,14 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   }
   auto spawn_group = [self](int g) {
     auto& s = self->state;
+    if (s.init.remote_group) {
+      if (caf::actor link = s.init.remote_group(self, g)) {
+        self->monitor(link);
+        s.remote[g] = true;
+        s.n_remote += 1;
+        return link;
+      }
+    }
     ShardInit si{s.init.model, s.init.shards[g], g, s.init.precision, s.init.max_tokens, s.init.n_blocks,
                  s.init.block_size, s.init.metrics, s.init.shards.size() > 1, s.counters[g], s.init.team,
                  s.init.group_devices.empty() ? -1 : s.init.group_devices[g]};
@@ -136,6 +152,7 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
   for (size_t g = 0; g < st.init.shards.size(); ++g) {
     st.counters.push_back(&st.init.metrics->shard(st.init.replica, st.init.stage, static_cast<int>(g)));
   }
+  st.remote.assign(st.init.shards.size(), false);
   for (size_t g = 0; g < st.init.shards.size(); ++g) st.shards.push_back(spawn_group(static_cast<int>(g)));
   // The shards die with their stage.
   self->attach_functor([list = st.shard_list]() {
@@ -145,9 +162,10 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
     auto& s = self->state;
     for (size_t g = 0; g < s.shards.size(); ++g) {
       if (s.shards[g].address() != dm.source) continue;
-      if (!s.init.group_devices.empty() && s.init.group_devices[g] >= 0) {
-        // A GPU shard ends only when its device failed or cannot hold it: respawning would fail the same way, so the
-        // stage ends with its reason and the scheduler reports the replica down (and retries).
+      // A group on a worker, or a GPU shard, ends only when its link or device failed (or a device cannot hold it):
+      // respawning would fail the same way, so the stage ends with its reason and the scheduler reports the replica
+      // down (and retries).
+      if (s.remote[g] || (!s.init.group_devices.empty() && s.init.group_devices[g] >= 0)) {
         self->quit(dm.reason);
         return;
       }
@@ -199,11 +217,11 @@ caf::behavior stage_actor(StageActor* self, StageInit init) {
       [=](failed_atom, uint64_t step_id, const std::string& why) {
         if (self->state.busy && self->state.step->step_id == step_id) fail_step(self, why);
       },
-      [=](fault_atom, int group) {
+      [=](attached_atom, int) {
         auto& s = self->state;
-        if (group >= 0 && group < static_cast<int>(s.shards.size())) send_to_shard(self, group, fault_atom::value);
+        if (++s.n_attached == s.n_remote) self->send(s.init.scheduler, attached_atom::value, s.init.stage);
       },
-      [=](fault_atom, int, int group) {  // as the scheduler addresses a stage with GPU shards
+      [=](fault_atom, int group) {
         auto& s = self->state;
         if (group >= 0 && group < static_cast<int>(s.shards.size())) send_to_shard(self, group, fault_atom::value);
       },

@@ -54,6 +54,9 @@ struct StageInit {
   int replica = 0;        // with `stage`, where its shards' counters are in `metrics`
   int team = 1;           // threads per shard, and for the stage's logits
   std::vector<int> group_devices;  // per head group: -1 a CPU shard, d a GPU shard on device d (empty: all CPU)
+  // Head groups on workers: the group link standing for group g (spawned by the stage, reporting to it), or an
+  // invalid handle when the group runs here. Empty: every group here.
+  std::function<caf::actor(caf::local_actor* stage, int group)> remote_group;
 };
 
 caf::actor spawn_shard(caf::local_actor* parent, ShardInit init, caf::actor stage);

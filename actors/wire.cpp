@@ -6,9 +6,11 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <bit>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <stdexcept>
 
 #include "fp16.hpp"
@@ -31,14 +33,28 @@ Error bad(const std::string& what) { return Error{ErrorKind::invalid_argument, "
 
 }  // namespace
 
-const char* to_string(WireDtype dtype) { return dtype == WireDtype::f16 ? "f16" : "f32"; }
+const char* to_string(WireDtype dtype) {
+  switch (dtype) {
+    case WireDtype::f16: return "f16";
+    case WireDtype::f64: return "f64";
+    default: return "f32";
+  }
+}
 
-size_t wire_dtype_bytes(WireDtype dtype) { return dtype == WireDtype::f16 ? 2 : 4; }
+size_t wire_dtype_bytes(WireDtype dtype) {
+  switch (dtype) {
+    case WireDtype::f16: return 2;
+    case WireDtype::f64: return 8;
+    default: return 4;
+  }
+}
 
-std::string encode_rows(const WireHeader& h, const float* rows) {
-  const size_t n = static_cast<size_t>(h.n_rows) * h.n_cols;
+namespace {
+
+// The header of a buffer of n elements of the header's dtype; returns where the payload goes.
+uint8_t* start_buffer(std::string& out, const WireHeader& h, size_t n) {
   const size_t payload = n * wire_dtype_bytes(h.dtype);
-  std::string out(kWireHeaderBytes + payload, '\0');
+  out.assign(kWireHeaderBytes + payload, '\0');
   uint8_t* p = reinterpret_cast<uint8_t*>(out.data());
   put(p + 0, kWireMagic, 4);
   put(p + 4, kWireVersion, 2);
@@ -50,17 +66,13 @@ std::string encode_rows(const WireHeader& h, const float* rows) {
   put(p + 28, h.n_cols, 4);
   put(p + 32, payload, 8);
   put(p + 40, 0, 8);
-  uint8_t* body = p + kWireHeaderBytes;
-  if (h.dtype == WireDtype::f32) {
-    for (size_t i = 0; i < n; ++i) put(body + 4 * i, f32_to_bits(rows[i]), 4);
-  } else {
-    for (size_t i = 0; i < n; ++i) put(body + 2 * i, f32_to_fp16(rows[i]), 2);
-  }
-  return out;
+  return p + kWireHeaderBytes;
 }
 
-Expected<void> decode_rows(const std::string& bytes, const WireHeader& want, bool any_dtype,
-                           std::vector<float>& out) {
+// Checks the header of `bytes` against `want` (every field; the dtype one of `allowed`) and the payload's length
+// against the shape. Returns the dtype the buffer has.
+Expected<WireDtype> check_header(const std::string& bytes, const WireHeader& want,
+                                 std::initializer_list<WireDtype> allowed) {
   if (bytes.size() < kWireHeaderBytes) {
     return bad("a buffer of " + std::to_string(bytes.size()) + " bytes is shorter than its header");
   }
@@ -68,10 +80,10 @@ Expected<void> decode_rows(const std::string& bytes, const WireHeader& want, boo
   if (get(p, 4) != kWireMagic) return bad("bad magic");
   if (get(p + 4, 2) != kWireVersion) return bad("version " + std::to_string(get(p + 4, 2)) + ", expected 1");
   const uint8_t dtype = p[6];
-  if (dtype != static_cast<uint8_t>(WireDtype::f32) && dtype != static_cast<uint8_t>(WireDtype::f16)) {
-    return bad("unknown dtype " + std::to_string(dtype));
-  }
-  if (!any_dtype && dtype != static_cast<uint8_t>(want.dtype)) return bad("dtype differs from the attached one");
+  if (dtype > static_cast<uint8_t>(WireDtype::f64)) return bad("unknown dtype " + std::to_string(dtype));
+  bool ok = false;
+  for (WireDtype a : allowed) ok = ok || dtype == static_cast<uint8_t>(a);
+  if (!ok) return bad(std::string("dtype ") + to_string(static_cast<WireDtype>(dtype)) + " where another was expected");
   if (p[7] != static_cast<uint8_t>(want.kind)) return bad("kind " + std::to_string(p[7]) + " where another was expected");
   // The session token is a secret of the attach: compared without an early exit.
   uint64_t diff = get(p + 8, 8) ^ want.session;
@@ -92,14 +104,71 @@ Expected<void> decode_rows(const std::string& bytes, const WireHeader& want, boo
                std::to_string(payload) + "), the shape needs " + std::to_string(need));
   }
   if (get(p + 40, 8) != 0) return bad("reserved field is not zero");
-  const size_t n = rows * cols;
+  return static_cast<WireDtype>(dtype);
+}
+
+}  // namespace
+
+std::string encode_rows(const WireHeader& h, const float* rows) {
+  const size_t n = static_cast<size_t>(h.n_rows) * h.n_cols;
+  std::string out;
+  uint8_t* body = start_buffer(out, h, n);
+  if (h.dtype == WireDtype::f16) {
+    for (size_t i = 0; i < n; ++i) put(body + 2 * i, f32_to_fp16(rows[i]), 2);
+  } else {
+    for (size_t i = 0; i < n; ++i) put(body + 4 * i, f32_to_bits(rows[i]), 4);
+  }
+  return out;
+}
+
+Expected<void> decode_rows(const std::string& bytes, const WireHeader& want, bool any_dtype,
+                           std::vector<float>& out) {
+  auto dtype = any_dtype ? check_header(bytes, want, {WireDtype::f32, WireDtype::f16})
+                         : check_header(bytes, want, {want.dtype == WireDtype::f16 ? WireDtype::f16 : WireDtype::f32});
+  if (!dtype) return dtype.error();
+  const size_t n = static_cast<size_t>(want.n_rows) * want.n_cols;
   out.resize(n);
-  const uint8_t* body = p + kWireHeaderBytes;
-  if (elem == 4) {
+  const uint8_t* body = reinterpret_cast<const uint8_t*>(bytes.data()) + kWireHeaderBytes;
+  if (*dtype == WireDtype::f32) {
     for (size_t i = 0; i < n; ++i) out[i] = bits_to_f32(static_cast<uint32_t>(get(body + 4 * i, 4)));
   } else {
     for (size_t i = 0; i < n; ++i) out[i] = fp16_to_f32(static_cast<uint16_t>(get(body + 2 * i, 2)));
   }
+  return {};
+}
+
+std::string encode_partials(const WireHeader& header, const double* partials) {
+  WireHeader h = header;
+  h.dtype = WireDtype::f64;
+  const size_t n = static_cast<size_t>(h.n_rows) * h.n_cols;
+  std::string out;
+  uint8_t* body = start_buffer(out, h, n);
+  for (size_t i = 0; i < n; ++i) put(body + 8 * i, std::bit_cast<uint64_t>(partials[i]), 8);
+  return out;
+}
+
+Expected<void> decode_partials(const std::string& bytes, const WireHeader& want, std::vector<double>& out) {
+  if (want.kind != WireKind::partials) return bad("partial sums expected with kind partials");
+  if (auto dtype = check_header(bytes, want, {WireDtype::f64}); !dtype) return dtype.error();
+  const size_t n = static_cast<size_t>(want.n_rows) * want.n_cols;
+  out.resize(n);
+  const uint8_t* body = reinterpret_cast<const uint8_t*>(bytes.data()) + kWireHeaderBytes;
+  for (size_t i = 0; i < n; ++i) out[i] = std::bit_cast<double>(get(body + 8 * i, 8));
+  return {};
+}
+
+std::string encode_u64s(const std::vector<uint64_t>& values) {
+  std::string out(8 * values.size(), '\0');
+  for (size_t i = 0; i < values.size(); ++i) put(reinterpret_cast<uint8_t*>(out.data()) + 8 * i, values[i], 8);
+  return out;
+}
+
+Expected<void> decode_u64s(const std::string& bytes, size_t n, std::vector<uint64_t>& out) {
+  if (bytes.size() != 8 * n) {
+    return bad(std::to_string(bytes.size()) + " bytes of counters, expected " + std::to_string(8 * n));
+  }
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = get(reinterpret_cast<const uint8_t*>(bytes.data()) + 8 * i, 8);
   return {};
 }
 

@@ -4,6 +4,8 @@
 //   encode_rows / decode_rows   a buffer of float rows (activations (n_tokens, n_embd) or logits (rows, n_vocab)) as
 //                               raw bytes behind an explicit 48-byte header; decode checks every header field against
 //                               what the receiver expects (from its own plan and its own copy of the step) first
+//   encode_partials /           a head group's partial sums (n_tokens, n_embd) as f64 behind the same header, bit for
+//   decode_partials             bit: the stage adds them unrounded, so a remote group changes no token
 //   check_step                  a step's layout, tokens and logit rows against the limits the worker was attached with
 //   sha256_file, hmac, random   the model check and the challenge/response of the attach handshake (OpenSSL)
 #pragma once
@@ -18,9 +20,10 @@
 
 namespace troupe {
 
-// How the floats of a buffer travel. f16 halves the bytes but rounds: outputs then differ from the in-process path.
-enum class WireDtype : uint8_t { f32 = 0, f16 = 1 };
-enum class WireKind : uint8_t { activations = 1, logits = 2 };
+// How the numbers of a buffer travel. f16 halves the bytes but rounds: outputs then differ from the in-process path.
+// f64 only for partial sums, which are double and must arrive unrounded.
+enum class WireDtype : uint8_t { f32 = 0, f16 = 1, f64 = 2 };
+enum class WireKind : uint8_t { activations = 1, logits = 2, partials = 3 };
 
 const char* to_string(WireDtype dtype);
 
@@ -32,8 +35,8 @@ struct WireHeader {
   WireKind kind = WireKind::activations;
   uint64_t session = 0;  // the attach's random token: a buffer from anyone else is refused
   uint64_t step_id = 0;
-  uint32_t n_rows = 0;   // tokens (activations) or logit rows
-  uint32_t n_cols = 0;   // n_embd (activations) or n_vocab (logits)
+  uint32_t n_rows = 0;   // tokens (activations, partials) or logit rows
+  uint32_t n_cols = 0;   // n_embd (activations, partials) or n_vocab (logits)
 };
 
 inline constexpr size_t kWireHeaderBytes = 48;
@@ -48,10 +51,21 @@ size_t wire_dtype_bytes(WireDtype dtype);
 std::string encode_rows(const WireHeader& header, const float* rows);
 
 // The rows of `bytes` as float, after checking that the header is exactly `expected` (magic, version, kind,
-// session, step id, shape) with a known dtype and that the payload has exactly the bytes the shape needs. `out` is
-// resized to n_rows * n_cols. An error names the first field that is wrong.
+// session, step id, shape) with a known dtype (f32 or f16; with any_dtype either, else the expected one) and that the
+// payload has exactly the bytes the shape needs. `out` is resized to n_rows * n_cols. An error names the first field
+// that is wrong.
 Expected<void> decode_rows(const std::string& bytes, const WireHeader& expected, bool any_dtype,
                            std::vector<float>& out);
+
+// header (kind partials; its dtype is ignored: always f64) + n_rows * n_cols doubles, their bits unchanged.
+std::string encode_partials(const WireHeader& header, const double* partials);
+// The doubles of `bytes`, checked as decode_rows checks rows, with dtype f64 and kind partials required.
+Expected<void> decode_partials(const std::string& bytes, const WireHeader& expected, std::vector<double>& out);
+
+// Counters as 8-byte little-endian numbers (a worker's per-shard counters for /metrics); decode refuses any other
+// count than `n`.
+std::string encode_u64s(const std::vector<uint64_t>& values);
+Expected<void> decode_u64s(const std::string& bytes, size_t n, std::vector<uint64_t>& out);
 
 // Limits a worker holds a step to: those of the plan it was attached with, and its model's.
 struct StepLimits {

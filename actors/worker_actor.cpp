@@ -1,13 +1,16 @@
 // worker_actor.cpp: the worker process's actors (remote.hpp): the published gate and one shell per attach.
 //
 //   gate   (hello, nonce_c) -> (nonce_w, mac_w, model size, model sha256)
-//          (attach, nonce_w, mac_c, AttachSpec, link) -> (error text, shell, session)   "" and a shell on success
+//          (attach, nonce_w, mac_c, AttachSpec, link) -> (error text, shell, session)   "" and a shell on success: a
+//                                                      stage range's (below) or, for spec.group >= 0, a head group's
+//                                                      (group_shell.cpp)
 //          (stop)                                      from a local actor: stop every shell, then itself
 //   shell  (step, Shared<StepData>, Blob)              from its coordinator: checked, decoded, into its first stage
 //          (step, Shared<StepData>, Activations)       from its last stage: encoded, (output, id, Blob) to the link
 //          (result, id, Logits)                        from the last stage of the pipeline: (result, id, Blob)
 //          (failed, id, why) | (restarted, why)        from its stages: forwarded to the link
 //          (fault, stage, group)                       from its coordinator: fault injection
+//          -> (stats, Blob)                            its shards' counters to the link, after a step (/metrics)
 //
 // Both are reachable from the network (the gate by its published port, a shell by the actor id the coordinator
 // learns), so both filter what other processes may put in their mailboxes (Guarded::enqueue): only their protocol's
@@ -24,6 +27,7 @@
 
 #include "remote.hpp"
 #include "troupe.hpp"
+#include "worker.hpp"
 
 namespace troupe {
 
@@ -31,64 +35,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// An event-based actor that drops messages from other processes unless admit() accepts them: before the mailbox,
-// so no system message (exit, error, link, down) from a peer ever reaches the actor.
-class Guarded : public caf::event_based_actor {
- public:
-  explicit Guarded(caf::actor_config& cfg) : caf::event_based_actor(cfg) {}
-
-  void enqueue(caf::mailbox_element_ptr ptr, caf::execution_unit* eu) override {
-    if (!ptr) return;
-    const caf::strong_actor_ptr& sender = ptr->sender;
-    if (sender && sender->node() == home_system().node()) {  // from this process
-      caf::event_based_actor::enqueue(std::move(ptr), eu);
-      return;
-    }
-    // From another process, or anonymous (which a peer can send too): only the protocol's messages.
-    const caf::type_erased_tuple& content = ptr->content();
-    bool ok = false;
-    if (sender) {
-      if (content.size() >= 1 && content.match_element<caf::atom_value>(0)) {
-        ok = admit_atom(content.get_as<caf::atom_value>(0), sender->node());
-      } else if (content.size() == 1 && content.match_element<caf::down_msg>(0)) {
-        ok = admit_down(sender->node());
-      }
-    }
-    if (ok) {
-      caf::event_based_actor::enqueue(std::move(ptr), eu);
-      return;
-    }
-    const uint64_t n = ++dropped_;
-    if (n <= 10 || n % 1000 == 0) {
-      spdlog::warn("{}: dropped a message from {} ({} so far): not part of the protocol or not from the coordinator",
-                   name(), sender ? caf::to_string(sender->node()) : std::string("an anonymous sender"), n);
-    }
-  }
-
- protected:
-  virtual bool admit_atom(caf::atom_value atom, const caf::node_id& from) const = 0;
-  virtual bool admit_down(const caf::node_id& from) const = 0;
-
- private:
-  std::atomic<uint64_t> dropped_{0};
-};
-
-// Drops a message no handler takes (the default would print it and answer an error), logging the first few.
-caf::result<caf::message> drop_unexpected(caf::scheduled_actor* self, caf::message_view&) {
-  static std::atomic<int> logged{0};
-  if (logged++ < 10) spdlog::warn("{}: dropped a message of unexpected shape", self->name());
-  return caf::sec::unexpected_message;
-}
-
 // ---- the shell: a range of stages for one coordinator ----
-
-struct ShellInit {
-  std::shared_ptr<const Model> model;
-  AttachSpec spec;
-  caf::actor link;      // the coordinator's link actor (a proxy)
-  caf::node_id owner;   // the coordinator's node: the only one whose messages are admitted
-  uint64_t session = 0;
-};
 
 class Shell final : public Guarded {
  public:
@@ -144,6 +91,7 @@ class Shell final : public Guarded {
           WireHeader h{static_cast<WireDtype>(init_.spec.dtype), WireKind::activations, init_.session, step->step_id,
                        static_cast<uint32_t>(step->layout.n_tokens), static_cast<uint32_t>(c.n_embd)};
           send(init_.link, output_atom::value, step->step_id, Blob{encode_rows(h, x->data())});
+          send_stats();
         },
         [this](result_atom, uint64_t step_id, Logits& logits) {
           if (current_sender() != caf::actor_cast<caf::strong_actor_ptr>(stages_.back())) return;
@@ -151,6 +99,7 @@ class Shell final : public Guarded {
           WireHeader h{WireDtype::f32, WireKind::logits, init_.session, step_id,
                        static_cast<uint32_t>(logits->size() / n_vocab), n_vocab};
           send(init_.link, result_atom::value, step_id, Blob{encode_rows(h, logits->data())});
+          send_stats();
         },
         [this](failed_atom, uint64_t step_id, std::string& why) {
           if (!from_my_stage()) return;
@@ -208,6 +157,25 @@ class Shell final : public Guarded {
     send(stages_.front(), step_atom::value, step, std::move(x));
   }
 
+  // The counters of the range's shards, for the coordinator's /metrics: after a step, at most every 0.25 s.
+  void send_stats() {
+    const auto now = Clock::now();
+    if (now - last_stats_ < std::chrono::milliseconds(250)) return;
+    last_stats_ = now;
+    std::vector<uint64_t> words;
+    words.reserve((init_.spec.stage_end - init_.spec.stage_begin) * init_.spec.tp * kShardCounterWords);
+    for (int s = init_.spec.stage_begin; s < init_.spec.stage_end; ++s) {
+      for (int g = 0; g < init_.spec.tp; ++g) {
+        const ShardCounters& c = metrics_->shard(0, s, g);
+        words.push_back(c.sent.load(std::memory_order_relaxed));
+        words.push_back(c.taken.load(std::memory_order_relaxed));
+        words.push_back(c.step_ns.load(std::memory_order_relaxed));
+        for (const auto& b : c.step_buckets) words.push_back(b.load(std::memory_order_relaxed));
+      }
+    }
+    send(init_.link, stats_atom::value, Blob{encode_u64s(words)});
+  }
+
   // A step that cannot run: the coordinator hears at once (rather than at its timeout), and the log says why.
   void refuse(uint64_t step_id, const std::string& why) {
     const uint64_t n = ++refused_;
@@ -220,6 +188,7 @@ class Shell final : public Guarded {
   std::shared_ptr<Metrics> metrics_;
   std::vector<caf::actor> stages_;  // (stage_end - stage_begin) the range's stages, first to last
   uint64_t refused_ = 0;
+  Clock::time_point last_stats_{};  // when the shards' counters were last sent
 };
 
 // ---- the gate: handshake and attach ----
@@ -309,12 +278,16 @@ class Gate final : public Guarded {
     }
     ShellInit si{init_.model, spec, link, current_sender()->node(), random_u64()};
     const uint64_t session = si.session;
-    caf::actor shell = spawn<Shell>(std::move(si));
+    caf::actor shell = spec.group >= 0 ? spawn_group_shell(this, std::move(si)) : spawn<Shell>(std::move(si));
     monitor(shell);
     shells_.push_back(shell);
-    spdlog::info("worker: attached by {}: replica {}, stages {}..{} of {}, tp {}, {} KV blocks of {}, activations {}",
-                 peer(), spec.replica, spec.stage_begin, spec.stage_end - 1, spec.n_stages, spec.tp, spec.n_blocks,
-                 spec.block_size, to_string(static_cast<WireDtype>(spec.dtype)));
+    const std::string what = spec.group >= 0 ? "head group " + std::to_string(spec.group) + " of stage " +
+                                                   std::to_string(spec.stage_begin)
+                                             : "stages " + std::to_string(spec.stage_begin) + ".." +
+                                                   std::to_string(spec.stage_end - 1);
+    spdlog::info("worker: attached by {}: replica {}, {} of {}, tp {}, {} KV blocks of {}, activations {}", peer(),
+                 spec.replica, what, spec.n_stages, spec.tp, spec.n_blocks, spec.block_size,
+                 to_string(static_cast<WireDtype>(spec.dtype)));
     return {std::string(), shell, session};
   }
 
@@ -336,6 +309,8 @@ class Gate final : public Guarded {
     }
     if (s.team < 1 || s.team > 256) return bad("team outside 1..256");
     if (s.replica < 0 || s.replica >= 64) return bad("replica outside 0..63");
+    if (s.group < -1 || s.group >= s.tp) return bad("head group outside 0.." + std::to_string(s.tp - 1));
+    if (s.group >= 0 && s.stage_end != s.stage_begin + 1) return bad("a head group is of one stage");
     auto layers = split_range(c.n_layer, s.n_stages, 1);
     if (!layers) return layers.error();
     for (int st = s.stage_begin; st < s.stage_end; ++st) {

@@ -140,8 +140,10 @@ Expected<int> json_int(const nlohmann::json& v, const std::string& where, int mi
   return static_cast<int>(v.get<int64_t>());
 }
 
-// The "placement" array: [{"stage": S | "stages": [FIRST, LAST], "replica": R (optional: every replica),
-// "worker": "HOST:PORT"}, ...]; an entry without stages puts the whole replica on the worker.
+// The "placement" array: [{"stage": S | "stages": [FIRST, LAST], "group": G | "groups": [FIRST, LAST] (optional),
+// "replica": R (optional: every replica), "worker": "HOST:PORT"}, ...]; an entry without stages puts the whole
+// replica on the worker (with groups: those head groups of every stage); with groups, only those head groups'
+// shards go to the worker and their stage stays here.
 Expected<void> apply_placement(Draft& d, const nlohmann::json& list, const std::string& path) {
   if (!list.is_array()) return Error{ErrorKind::invalid_argument, path + ": \"placement\" must be an array"};
   for (size_t i = 0; i < list.size(); ++i) {
@@ -175,12 +177,27 @@ Expected<void> apply_placement(Draft& d, const nlohmann::json& list, const std::
         if (!b) return b.error();
         r.stage_begin = *a;
         r.stage_end = *b + 1;
+      } else if (key == "group") {
+        auto g = json_int(value, where + ".group", 0, 255);
+        if (!g) return g.error();
+        r.group_begin = *g;
+        r.group_end = *g + 1;
+      } else if (key == "groups") {
+        if (!value.is_array() || value.size() != 2) {
+          return Error{ErrorKind::invalid_argument, where + ".groups: expected [FIRST, LAST]"};
+        }
+        auto a = json_int(value[0], where + ".groups[0]", 0, 255);
+        if (!a) return a.error();
+        auto b = json_int(value[1], where + ".groups[1]", *a, 255);
+        if (!b) return b.error();
+        r.group_begin = *a;
+        r.group_end = *b + 1;
       } else if (key == "replica") {
         auto rep = json_int(value, where + ".replica", 0, 63);
         if (!rep) return rep.error();
         r.replica = *rep;
       } else {
-        return Error{ErrorKind::invalid_argument, where + ": unknown key " + key + " (known: stage, stages, replica, worker)"};
+        return Error{ErrorKind::invalid_argument, where + ": unknown key " + key + " (known: stage, stages, group, groups, replica, worker)"};
       }
     }
     if (!has_worker) return Error{ErrorKind::invalid_argument, where + ": \"worker\": \"HOST:PORT\" is required"};

@@ -3,7 +3,8 @@
 # interface (docs/distributed.md): the worker listens on its veth address, which needs a secret; greedy texts equal
 # one process's; the bytes show up on the veth counters; cutting the link (veth down: no FIN, no RST) ends a running
 # stream with an error by the step timeout while the server stays up, and once the link is back the coordinator
-# re-attaches by itself. Needs root and iproute2; prints SKIP and passes without them.
+# re-attaches by itself; a head group placed across the veth gives the same texts. Needs root and iproute2; prints
+# SKIP and passes without them.
 # Usage: dist_netns.sh TROUPE_BINARY SOURCE_DIR
 set -u
 real_troupe=$(realpath "$1")
@@ -88,6 +89,20 @@ check "after the link is back the coordinator re-attaches within 30 s" \
   wait_log "$tmp/placed.log" "every worker attached again" 300 >/dev/null
 complete_all "$url" "$tmp/back"
 check "greedy texts after the re-attach equal one process's" same_texts "$tmp/back" "$tmp/ref"
+stop_pid "$spid"
+
+# ---- a head group across the veth: the stage stays here, its group 1's shard (and KV cache) on the worker ----
+cat >"$tmp/heads.json" <<EOF
+{"engine": {"tp": 2}, "placement": [{"stage": 0, "group": 1, "worker": "$net.2:9101"}],
+ "remote": {"timeout_s": 10}}
+EOF
+rx0=$(ip -n "$ns_w" -s -j link show "tw$id" | jq '.[0].stats64.rx.bytes')
+TROUPE_SECRET=s3cret start_serve heads "$tmp/heads.json" || exit 1
+complete_all "$url" "$tmp/heads"
+check "greedy texts with a head group across the veth equal one process's" same_texts "$tmp/heads" "$tmp/ref"
+rx1=$(ip -n "$ns_w" -s -j link show "tw$id" | jq '.[0].stats64.rx.bytes')
+echo "veth, head group: the worker received $((rx1 - rx0)) bytes"
+check "the head group's activations crossed the veth ($((rx1 - rx0)) bytes)" test $((rx1 - rx0)) -gt 1000000
 stop_pid "$spid"
 check "the worker is still up" kill -0 "$wpid1"
 finish

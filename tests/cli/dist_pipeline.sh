@@ -2,8 +2,9 @@
 # A pipeline split across processes gives the single-process greedy outputs (docs/distributed.md): troupe serve plus
 # two `troupe worker` processes on loopback, for several placements (config/two-workers.json: first and middle stage
 # remote; middle and last stage remote; first and last remote with two head groups inside each; a range of stages on
-# one worker; a whole replica on a worker), six prompts sent at once, every text equal to the single-process
-# server's and to `troupe generate`'s. The start-up log names the placement; both workers log the attach.
+# one worker; a whole replica on a worker; two replicas, each whole on its own worker), six prompts sent at once,
+# every text equal to the single-process server's and to `troupe generate`'s. The start-up log names the placement;
+# both workers log the attach. Head groups split across processes: dist_heads.sh.
 # Usage: dist_pipeline.sh TROUPE_BINARY SOURCE_DIR
 set -u
 troupe=$(realpath "$1")
@@ -49,6 +50,7 @@ run_config() {
   check "$name: the start-up log names the placement ($4)" grep -qF "placement: $4" "$tmp/$name.log"
   complete_all "$url" "$tmp/$name"
   check "$name: every greedy text equals the single-process one" same_texts "$tmp/$name" "$tmp/ref"
+  curl -s "$url/metrics" >"$tmp/$name.metrics"
   stop_pid "$spid"
   check "$name: the server stopped cleanly" grep -q stopped "$tmp/$name.log"
 }
@@ -58,6 +60,8 @@ jq --arg a "127.0.0.1:$port_a" --arg b "127.0.0.1:$port_b" '.placement[0].worker
   "$src/config/two-workers.json" >"$tmp/example.json"
 run_config example \
   "replica 0: stage 0 on 127.0.0.1:$port_a (layers 0-9), stage 1 on 127.0.0.1:$port_b (layers 10-19), stage 2 here (layers 20-29)"
+n=$(grep -F 'troupe_shard_step_seconds_count{replica="0",stage="0",group="0"}' "$tmp/example.metrics" | awk '{print $2}')
+check "/metrics counts the steps of a shard on a worker (stage 0: ${n:-none})" test "${n:-0}" -gt 0
 run middle_last '{"pp": 3}' \
   "[{\"stage\": 1, \"worker\": \"127.0.0.1:$port_a\"}, {\"stage\": 2, \"worker\": \"127.0.0.1:$port_b\"}]" \
   "replica 0: stage 0 here (layers 0-9), stage 1 on 127.0.0.1:$port_a (layers 10-19), stage 2 on 127.0.0.1:$port_b (layers 20-29)"
@@ -69,6 +73,12 @@ run range '{"pp": 3}' "[{\"stages\": [1, 2], \"worker\": \"127.0.0.1:$port_a\"}]
 run replica '{"pp": 2, "replicas": 2}' "[{\"replica\": 1, \"worker\": \"127.0.0.1:$port_b\"}]" \
   "replica 0: stages 0-1 here (layers 0-29); replica 1: stages 0-1 on 127.0.0.1:$port_b"
 check "the replica run sent requests to the worker's replica" grep -q "link to 127.0.0.1:$port_b (stages 0..1): [1-9]" "$tmp/replica.log"
+# Data parallel across workers: each replica whole on its own worker; the server only schedules and samples.
+run replicas_on_workers '{"pp": 1, "replicas": 2}' \
+  "[{\"replica\": 0, \"worker\": \"127.0.0.1:$port_a\"}, {\"replica\": 1, \"worker\": \"127.0.0.1:$port_b\"}]" \
+  "replica 0: stage 0 on 127.0.0.1:$port_a (layers 0-29); replica 1: stage 0 on 127.0.0.1:$port_b (layers 0-29)"
+check "both workers' replicas served requests" bash -c "grep -q 'link to 127.0.0.1:$port_a (stages 0..0): [1-9]' '$tmp/replicas_on_workers.log' &&
+  grep -q 'link to 127.0.0.1:$port_b (stages 0..0): [1-9]' '$tmp/replicas_on_workers.log'"
 
 # f16 activations: half the bytes; the texts may differ from one process's, so only that it serves is checked.
 printf '{"engine": {"pp": 2}, "placement": [{"stage": 1, "worker": "127.0.0.1:%s"}], "remote": {"activations": "f16"}}\n' \

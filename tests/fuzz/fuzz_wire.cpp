@@ -1,6 +1,7 @@
 // fuzz_wire.cpp: libFuzzer target for what a worker process takes from another process besides CAF's own framing
-// (actors/wire.hpp): decode_rows (a buffer of float rows behind a 48-byte header) and check_step (a step's layout,
-// tokens and logit rows against the worker's limits).
+// (actors/wire.hpp): decode_rows (a buffer of float rows behind a 48-byte header), decode_partials (a head group's
+// f64 partial sums behind the same header) and check_step (a step's layout, tokens and logit rows against the
+// worker's limits).
 //
 // Input: one selector byte, then the payload.
 //   bit 0 = 0  decode_rows: 24 bytes say what the receiver expects (dtype, kind, session, step id, shape; bit 1 of
@@ -9,7 +10,8 @@
 //   bit 0 = 1  check_step: 6 bytes of limits, then sequences (first, n, pos0, block table) and token ids and logit
 //              rows, each a small signed number
 // Checked, besides no crash, leak, hang or sanitizer report: an accepted buffer has exactly the header it was
-// expected to have and the payload its shape needs, and its rows encode back to the same bytes (f32); an accepted
+// expected to have and the payload its shape needs, and its rows encode back to the same bytes (f32; partials
+// always); an accepted
 // step keeps every promise check_step makes (written out here independently): 1..max_tokens tokens, ids in the
 // vocabulary, sequences tiling the tokens in order, positions inside the context, block tables covering each
 // sequence's positions with ids in the pool, logit rows inside the step and increasing. A refusal is one line.
@@ -83,6 +85,16 @@ void fuzz_decode(uint8_t selector, Reader& in) {
     want.step_id = le(bytes, 16, 8);
     want.n_rows = static_cast<uint32_t>(le(bytes, 24, 4) % 64);
     want.n_cols = static_cast<uint32_t>(le(bytes, 28, 4) % 64);
+  }
+  // The same bytes as a head group's partial sums: accepted only as exactly what encode_partials writes.
+  WireHeader pw = want;
+  pw.kind = WireKind::partials;
+  std::vector<double> partials;
+  if (auto p = decode_partials(bytes, pw, partials); !p) {
+    check_refusal(p.error());
+  } else {
+    require(partials.size() == static_cast<size_t>(pw.n_rows) * pw.n_cols, "partials of another size than the shape");
+    require(encode_partials(pw, partials.data()) == bytes, "decoded partials do not encode back to the same bytes");
   }
   std::vector<float> out;
   auto r = decode_rows(bytes, want, any_dtype, out);

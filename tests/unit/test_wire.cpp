@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -90,6 +91,65 @@ TEST_CASE("wire: a header that differs from what the receiver expects is refused
     CHECK_FALSE(decode_rows(bytes.substr(0, n), header(2, 4), false, out).has_value());
   }
   CHECK_FALSE(decode_rows(bytes + "x", header(2, 4), false, out).has_value());
+}
+
+TEST_CASE("wire: a head group's partial sums cross as f64 bits, exactly, and nothing else passes for them") {
+  // (2, 4) doubles, among them values a float could not hold and bit patterns a conversion would change.
+  std::vector<double> p{1.0 / 3.0, -0.0, 5e-324, 1e300, -2.5e-17, std::nextafter(1.0, 2.0), 0.1, -7.0};
+  WireHeader h{WireDtype::f32, WireKind::partials, 0x1234567890abcdefULL, 42, 2, 4};  // dtype: ignored, f64
+  const std::string bytes = encode_partials(h, p.data());
+  CHECK(bytes.size() == kWireHeaderBytes + 2 * 4 * 8);
+  CHECK(static_cast<uint8_t>(bytes[6]) == static_cast<uint8_t>(WireDtype::f64));
+  std::vector<double> out;
+  REQUIRE(decode_partials(bytes, h, out).has_value());
+  REQUIRE(out.size() == p.size());
+  for (size_t i = 0; i < p.size(); ++i) CHECK(std::memcmp(&out[i], &p[i], sizeof(double)) == 0);
+
+  auto refused = [&](const std::string& b, WireHeader want) { return !decode_partials(b, want, out).has_value(); };
+  WireHeader w = h;
+  w.n_rows = 3;
+  CHECK(refused(bytes, w));
+  w = h;
+  w.step_id = 43;
+  CHECK(refused(bytes, w));
+  w = h;
+  w.session ^= 1;
+  CHECK(refused(bytes, w));
+  w = h;
+  w.kind = WireKind::activations;  // a partial is only decoded as one
+  CHECK(refused(bytes, w));
+  for (size_t i = 0; i < kWireHeaderBytes; ++i) {
+    std::string bad = bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x40);
+    CAPTURE(i);
+    CHECK(refused(bad, h));
+  }
+  for (size_t n : {size_t{0}, kWireHeaderBytes, bytes.size() - 8, bytes.size() - 1}) CHECK(refused(bytes.substr(0, n), h));
+  CHECK(refused(bytes + std::string(8, '\0'), h));
+  // Rows are not partials, and partials are not rows: the dtype and kind must both be the expected ones.
+  const auto x = ramp(2 * 8);
+  WireHeader rows = h;
+  rows.dtype = WireDtype::f32;
+  rows.n_cols = 8;  // the same payload size as the partials (2 x 4 doubles)
+  const std::string as_rows = encode_rows(rows, x.data());
+  CHECK(refused(as_rows, WireHeader{WireDtype::f64, WireKind::partials, h.session, 42, 2, 8}));
+  std::vector<float> fout;
+  CHECK_FALSE(decode_rows(bytes, WireHeader{WireDtype::f32, WireKind::partials, h.session, 42, 2, 4}, true, fout).has_value());
+}
+
+TEST_CASE("wire: a worker's shard counters cross as u64s, and only the expected count of them") {
+  const std::vector<uint64_t> v{0, 1, 0xffffffffffffffffULL, 0x0102030405060708ULL};
+  const std::string bytes = encode_u64s(v);
+  CHECK(bytes.size() == 32);
+  CHECK(bytes[0] == 0);
+  CHECK(bytes[24] == 8);  // little-endian
+  std::vector<uint64_t> out;
+  REQUIRE(decode_u64s(bytes, 4, out).has_value());
+  CHECK(out == v);
+  CHECK_FALSE(decode_u64s(bytes, 3, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes, 5, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes.substr(0, 31), 4, out).has_value());
+  CHECK_FALSE(decode_u64s(bytes + "x", 4, out).has_value());
 }
 
 TEST_CASE("wire: random bytes never decode") {
