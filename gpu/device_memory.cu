@@ -73,4 +73,31 @@ Expected<DevMatrix> Device::upload_matrix(DevMem& m, const Matrix& w) {
   return DevMatrix{w.type, m.as<uint8_t>(), w.rows, w.cols, packed};
 }
 
+Expected<size_t> fill_step_meta(const StepLayout& step, int n_blocks, int block_size, int* pos, int* seq, int* seq_bt,
+                                int* bt) {
+  size_t off = 0;
+  int covered = 0;
+  for (size_t si = 0; si < step.seqs.size(); ++si) {
+    const auto& sq = step.seqs[si];
+    if (sq.first != covered || sq.n < 1 || sq.pos0 < 0 ||
+        static_cast<int64_t>(sq.block_table.size()) * block_size < static_cast<int64_t>(sq.pos0) + sq.n) {
+      return Error{ErrorKind::invalid_argument, "GPU step: a sequence's tokens or block table do not add up"};
+    }
+    seq_bt[si] = static_cast<int>(off);
+    for (int b : sq.block_table) {
+      if (b < 0 || b >= n_blocks) return Error{ErrorKind::invalid_argument, "GPU step: KV block out of range"};
+      bt[off++] = b;
+    }
+    for (int t = sq.first; t < sq.first + sq.n; ++t) {
+      pos[t] = sq.pos0 + (t - sq.first);
+      seq[t] = static_cast<int>(si);
+    }
+    covered += sq.n;
+  }
+  if (covered != step.n_tokens) {
+    return Error{ErrorKind::invalid_argument, "GPU step: sequences do not cover the step's tokens"};
+  }
+  return off;
+}
+
 }  // namespace troupe::gpu

@@ -8,6 +8,7 @@
 
 #include "error.hpp"
 #include "kernels.cuh"
+#include "shard.hpp"
 
 namespace troupe::gpu {
 
@@ -85,5 +86,11 @@ class Device {
   size_t bytes_ = 0;
   bool broken_ = false;
 };
+
+// A step's positions and pages as the kernels read them (StepMeta), checked: every sequence's tokens follow the
+// last's, its block table covers its positions and names blocks of the pool. pos (n_tokens), seq (n_tokens): each
+// token's position and sequence; seq_bt (n_seqs): where each sequence's table starts in bt. Returns bt's length.
+Expected<size_t> fill_step_meta(const StepLayout& step, int n_blocks, int block_size, int* pos, int* seq, int* seq_bt,
+                                int* bt);
 
 }  // namespace troupe::gpu

@@ -96,7 +96,8 @@ Expected<void> CudaShard::init() {
 }
 
 Expected<const ShardLayer*> CudaShard::layer(int il, int n) {
-  if (dev_.broken()) return Error{ErrorKind::unavailable, "cuda: " + dev_.name() + " is unusable after an earlier error"};
+  if (dev_.broken())
+    return Error{ErrorKind::unavailable, "cuda: " + dev_.name() + " is unusable after an earlier error"};
   if (il < spec_.shard.layer_begin || il >= spec_.shard.layer_end || n < 1 || n > spec_.max_tokens) {
     return Error{ErrorKind::invalid_argument, "GPU shard: layer or token count out of range"};
   }
@@ -141,29 +142,13 @@ Expected<void> CudaShard::attention(int il, const StepLayout& step, const float*
     if (auto r = dev_.alloc_host(meta_host_, (3 * static_cast<size_t>(M) + table_cap_) * 4); !r) return r;
   }
   int* h = meta_host_.as<int>();
-  size_t off = 0;
-  int covered = 0;
-  for (size_t si = 0; si < step.seqs.size(); ++si) {
-    const auto& sq = step.seqs[si];
-    if (sq.first != covered || sq.n < 1 || sq.pos0 < 0 ||
-        static_cast<int64_t>(sq.block_table.size()) * spec_.block_size < static_cast<int64_t>(sq.pos0) + sq.n) {
-      return Error{ErrorKind::invalid_argument, "GPU shard: a sequence's tokens or block table do not add up"};
-    }
-    h[2 * M + si] = static_cast<int>(off);
-    for (int b : sq.block_table) {
-      if (b < 0 || b >= spec_.n_blocks) return Error{ErrorKind::invalid_argument, "GPU shard: KV block out of range"};
-      h[3 * M + off++] = b;
-    }
-    for (int t = sq.first; t < sq.first + sq.n; ++t) {
-      h[t] = sq.pos0 + (t - sq.first);
-      h[M + t] = static_cast<int>(si);
-    }
-    covered += sq.n;
-  }
-  if (covered != n) return Error{ErrorKind::invalid_argument, "GPU shard: sequences do not cover the step"};
+  auto filled = gpu::fill_step_meta(step, spec_.n_blocks, spec_.block_size, h, h + M, h + 2 * M, h + 3 * M);
+  if (!filled) return filled.error();
+  const size_t off = *filled;
   cudaStream_t s = dev_.stream();
-  if (auto r = dev_.check(cudaMemcpyAsync(meta_.p, h, (3 * static_cast<size_t>(M) + off) * 4, cudaMemcpyHostToDevice, s),
-                          "metadata upload");
+  if (auto r =
+          dev_.check(cudaMemcpyAsync(meta_.p, h, (3 * static_cast<size_t>(M) + off) * 4, cudaMemcpyHostToDevice, s),
+                     "metadata upload");
       !r) {
     return r;
   }

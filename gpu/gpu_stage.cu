@@ -157,10 +157,14 @@ Expected<void> CudaStage::init() {
   const size_t rows = static_cast<size_t>(spec_.n_blocks) * spec_.block_size;
   if (auto r = alloc(kv_, layers_.size() * 2 * rows * c.kv_dim() * sizeof(__half)); !r) return r;
   const size_t max_cols = std::max({c.n_embd, c.n_ff, c.q_dim()});
-  const std::pair<DevMem*, size_t> scratch[] = {
-      {&x_, T * c.n_embd * 4}, {&xn_, T * std::max(c.n_embd, c.q_dim()) * 4}, {&xq_, T * (max_cols / kQBlock) * sizeof(BlockQ8)},
-      {&q_, T * c.q_dim() * 4}, {&k_, T * c.kv_dim() * 4}, {&v_, T * c.kv_dim() * 4},
-      {&gate_, T * c.n_ff * 4}, {&up_, T * c.n_ff * 4}};
+  const std::pair<DevMem*, size_t> scratch[] = {{&x_, T * c.n_embd * 4},
+                                                {&xn_, T * std::max(c.n_embd, c.q_dim()) * 4},
+                                                {&xq_, T * (max_cols / kQBlock) * sizeof(BlockQ8)},
+                                                {&q_, T * c.q_dim() * 4},
+                                                {&k_, T * c.kv_dim() * 4},
+                                                {&v_, T * c.kv_dim() * 4},
+                                                {&gate_, T * c.n_ff * 4},
+                                                {&up_, T * c.n_ff * 4}};
   for (const auto& [mem, bytes] : scratch) {
     if (auto r = alloc(*mem, bytes); !r) return r;
   }
@@ -226,7 +230,8 @@ void CudaStage::forward(int n, int n_rows) {
 Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, const TokenId* tokens,
                                      const float* x_in, const DeviceActivations* x_dev, float* x_out, bool to_device,
                                      DeviceActivations* x_dev_out, const std::vector<int>& logit_rows, float* logits) {
-  if (dev_.broken()) return Error{ErrorKind::unavailable, "cuda: " + dev_.name() + " is unusable after an earlier error"};
+  if (dev_.broken())
+    return Error{ErrorKind::unavailable, "cuda: " + dev_.name() + " is unusable after an earlier error"};
   const ModelConfig& c = model_->config();
   const int n = step.n_tokens;
   const int M = spec_.max_tokens;
@@ -248,54 +253,39 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
   }
   if (auto r = check(cudaSetDevice(spec_.device), "set device"); !r) return r;
   int* h = meta_host_.as<int>();
-  int* bt = h + 5 * M;
-  size_t off = 0;
-  int covered = 0;
-  for (size_t si = 0; si < step.seqs.size(); ++si) {
-    const auto& sq = step.seqs[si];
-    if (sq.first != covered || sq.n < 1 || sq.pos0 < 0 ||
-        static_cast<int64_t>(sq.block_table.size()) * spec_.block_size < static_cast<int64_t>(sq.pos0) + sq.n) {
-      return Error{ErrorKind::invalid_argument, "GPU step: a sequence's tokens or block table do not add up"};
-    }
-    h[3 * M + si] = static_cast<int>(off);
-    for (int b : sq.block_table) {
-      if (b < 0 || b >= spec_.n_blocks) return Error{ErrorKind::invalid_argument, "GPU step: KV block out of range"};
-      bt[off++] = b;
-    }
-    for (int t = sq.first; t < sq.first + sq.n; ++t) {
-      h[M + t] = sq.pos0 + (t - sq.first);
-      h[2 * M + t] = static_cast<int>(si);
-    }
-    covered += sq.n;
-  }
-  if (covered != n) return Error{ErrorKind::invalid_argument, "GPU step: sequences do not cover the step's tokens"};
+  auto tables = gpu::fill_step_meta(step, spec_.n_blocks, spec_.block_size, h + M, h + 2 * M, h + 3 * M, h + 5 * M);
+  if (!tables) return tables.error();
+  const size_t off = *tables;
   for (int t = 0; t < n; ++t) {
     const int id = spec_.first ? tokens[t] : 0;
     if (id < 0 || id >= c.n_vocab) return Error{ErrorKind::invalid_argument, "token id outside the vocabulary"};
     h[t] = id;
   }
   for (int i = 0; i < n_rows; ++i) {
-    if (logit_rows[i] < 0 || logit_rows[i] >= n) return Error{ErrorKind::invalid_argument, "logit row outside the step"};
+    if (logit_rows[i] < 0 || logit_rows[i] >= n)
+      return Error{ErrorKind::invalid_argument, "logit row outside the step"};
     h[4 * M + i] = logit_rows[i];
   }
 
   // upload, run (a captured graph for small steps), download
+  cudaStream_t s = dev_.stream();
   const size_t x_bytes = static_cast<size_t>(n) * c.n_embd * sizeof(float);
   if (auto r = check(cudaMemcpyAsync(meta_.p, h, (5 * static_cast<size_t>(M) + off) * sizeof(int),
-                                     cudaMemcpyHostToDevice, dev_.stream()), "metadata upload");
+                                     cudaMemcpyHostToDevice, s), "metadata upload");
       !r) {
     return r;
   }
   if (!spec_.first && x_dev) {
-    if (x_dev->bytes != x_bytes) return Error{ErrorKind::invalid_argument, "GPU step: device activations of the wrong size"};
+    if (x_dev->bytes != x_bytes)
+      return Error{ErrorKind::invalid_argument, "GPU step: device activations of the wrong size"};
     if (auto r = check(cudaMemcpyPeerAsync(x_.p, spec_.device, reinterpret_cast<const void*>(x_dev->address),
-                                           x_dev->device, x_bytes, dev_.stream()), "peer copy");
+                                           x_dev->device, x_bytes, s), "peer copy");
         !r) {
       return r;
     }
   } else if (!spec_.first) {
     std::memcpy(x_host_.p, x_in, x_bytes);
-    if (auto r = check(cudaMemcpyAsync(x_.p, x_host_.p, x_bytes, cudaMemcpyHostToDevice, dev_.stream()), "upload"); !r) {
+    if (auto r = check(cudaMemcpyAsync(x_.p, x_host_.p, x_bytes, cudaMemcpyHostToDevice, s), "upload"); !r) {
       return r;
     }
   }
@@ -303,16 +293,16 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
     auto it = graphs_.find({n, n_rows});
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
-      if (auto r = check(cudaStreamBeginCapture(dev_.stream(), cudaStreamCaptureModeThreadLocal), "capture"); !r) return r;
+      if (auto r = check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "capture"); !r) return r;
       forward(n, n_rows);
-      if (auto r = check(cudaStreamEndCapture(dev_.stream(), &graph), "capture"); !r) return r;
+      if (auto r = check(cudaStreamEndCapture(s, &graph), "capture"); !r) return r;
       cudaGraphExec_t exec = nullptr;
       const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
       cudaGraphDestroy(graph);
       if (auto r = check(e, "graph instantiate"); !r) return r;
       it = graphs_.emplace(std::make_pair(n, n_rows), exec).first;
     }
-    if (auto r = check(cudaGraphLaunch(it->second, dev_.stream()), "graph launch"); !r) return r;
+    if (auto r = check(cudaGraphLaunch(it->second, s), "graph launch"); !r) return r;
   } else {
     forward(n, n_rows);
     if (auto r = check(cudaGetLastError(), "kernel launch"); !r) return r;
@@ -320,25 +310,25 @@ Expected<void> CudaStage::run_device(const StepLayout& step, uint64_t step_id, c
   if (spec_.last) {
     if (n_rows > 0) {
       const size_t bytes = static_cast<size_t>(n_rows) * c.n_vocab * sizeof(float);
-      if (auto r = check(cudaMemcpyAsync(logits_host_.p, logits_.p, bytes, cudaMemcpyDeviceToHost, dev_.stream()), "logits");
+      if (auto r = check(cudaMemcpyAsync(logits_host_.p, logits_.p, bytes, cudaMemcpyDeviceToHost, s), "logits");
           !r) {
         return r;
       }
-      if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
+      if (auto r = check(cudaStreamSynchronize(s), "step"); !r) return r;
       std::memcpy(logits, logits_host_.p, bytes);
-    } else if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) {
+    } else if (auto r = check(cudaStreamSynchronize(s), "step"); !r) {
       return r;
     }
   } else if (to_device) {
     char* slot = out_slots_.as<char>() + (step_id % spec_.output_slots) * (static_cast<size_t>(M) * c.n_embd * 4);
-    if (auto r = check(cudaMemcpyAsync(slot, x_.p, x_bytes, cudaMemcpyDeviceToDevice, dev_.stream()), "output"); !r) return r;
-    if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
+    if (auto r = check(cudaMemcpyAsync(slot, x_.p, x_bytes, cudaMemcpyDeviceToDevice, s), "output"); !r) return r;
+    if (auto r = check(cudaStreamSynchronize(s), "step"); !r) return r;
     *x_dev_out = DeviceActivations{spec_.device, reinterpret_cast<uint64_t>(slot), x_bytes};
   } else {
-    if (auto r = check(cudaMemcpyAsync(x_host_.p, x_.p, x_bytes, cudaMemcpyDeviceToHost, dev_.stream()), "download"); !r) {
+    if (auto r = check(cudaMemcpyAsync(x_host_.p, x_.p, x_bytes, cudaMemcpyDeviceToHost, s), "download"); !r) {
       return r;
     }
-    if (auto r = check(cudaStreamSynchronize(dev_.stream()), "step"); !r) return r;
+    if (auto r = check(cudaStreamSynchronize(s), "step"); !r) return r;
     std::memcpy(x_out, x_host_.p, x_bytes);
   }
   return {};

@@ -30,7 +30,8 @@ class Buf {
 
 Expected<void> status(std::initializer_list<const Buf*> bufs) {
   for (const Buf* b : bufs) {
-    if (b->error() != cudaSuccess) return Error{ErrorKind::unavailable, std::string("cuda: ") + cudaGetErrorString(b->error())};
+    if (b->error() != cudaSuccess)
+      return Error{ErrorKind::unavailable, std::string("cuda: ") + cudaGetErrorString(b->error())};
   }
   return {};
 }
@@ -93,8 +94,8 @@ Expected<void> rope(float* x, const int* pos, int n, int n_heads, int head_dim, 
   if (auto r = status({&dx, &dpos}); !r) return r;
   gpu::StepMeta m;
   m.tok_pos = dpos.as<int>();
-  gpu::rope(dx.as<float>(), m, n, n_heads, head_dim, rope_dim, std::pow(theta_base, -2.0f / static_cast<float>(rope_dim)),
-            nullptr);
+  gpu::rope(dx.as<float>(), m, n, n_heads, head_dim, rope_dim,
+            std::pow(theta_base, -2.0f / static_cast<float>(rope_dim)), nullptr);
   return finish(x, dx, bytes);
 }
 

@@ -256,7 +256,8 @@ __global__ void embed_kernel(const uint8_t* w, GgmlType type, int64_t cols, int6
     case GgmlType::q4_0: {
       const uint8_t* p = row + b * sizeof(BlockQ4_0);
       const uint8_t q = p[2 + (e & 15)];
-      v = half_bits_to_float(*reinterpret_cast<const uint16_t*>(p)) * static_cast<float>((e < 16 ? q & 0x0f : q >> 4) - 8);
+      v = half_bits_to_float(*reinterpret_cast<const uint16_t*>(p)) *
+          static_cast<float>((e < 16 ? q & 0x0f : q >> 4) - 8);
       break;
     }
     case GgmlType::q4_1: {
@@ -304,7 +305,8 @@ __global__ void attention_kernel(const float* q, const __half* kc, const __half*
   __shared__ float qs[kMaxHeadDim];
   __shared__ float wm[kAttnWarps], wl[kAttnWarps];
   __shared__ float wacc[kAttnWarps][kMaxHeadDim];
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[static_cast<int64_t>(t) * q_dim + h * head_dim + d];
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    qs[d] = q[static_cast<int64_t>(t) * q_dim + h * head_dim + d];
   __syncthreads();
 
   const int seq = m.tok_seq[t];

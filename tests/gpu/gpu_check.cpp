@@ -143,7 +143,8 @@ int check_kernels() {
       std::vector<float> g(n * rows), c(n * rows);
       if (auto r = gpu_check::matmul(w, x.data(), n, g.data()); !r) return fail(r.error());
       std::vector<BlockQ8> xq(n * cols / kQBlock);
-      for (int t = 0; t < n; ++t) scalar_kernels().quantize_q8(x.data() + t * cols, xq.data() + t * cols / kQBlock, cols);
+      for (int t = 0; t < n; ++t)
+        scalar_kernels().quantize_q8(x.data() + t * cols, xq.data() + t * cols / kQBlock, cols);
       matmul(w, x.data(), w.quantized() ? xq.data() : nullptr, c.data(), n, 0, rows, scalar_kernels());
       rep.row(std::string("matmul ") + ggml_type_traits(static_cast<uint32_t>(type))->name + " 200x1536, " +
                   std::to_string(n) + " tokens",
@@ -181,7 +182,8 @@ int check_kernels() {
     const Matrix w = random_matrix(type, 1000, 576, rng, bytes);
     std::vector<int> tokens = {0, 999, 17, 17, 500};
     std::vector<float> g(tokens.size() * 576), c(g.size());
-    if (auto r = gpu_check::embed(w, tokens.data(), static_cast<int>(tokens.size()), g.data()); !r) return fail(r.error());
+    if (auto r = gpu_check::embed(w, tokens.data(), static_cast<int>(tokens.size()), g.data()); !r)
+      return fail(r.error());
     for (size_t t = 0; t < tokens.size(); ++t) dequantize_row(w, tokens[t], c.data() + t * 576);
     rep.row(std::string("embed ") + ggml_type_traits(static_cast<uint32_t>(type))->name, normalised_error(g, c), 0);
   }
@@ -211,7 +213,8 @@ int check_kernels() {
     for (auto* cache : {&kc, &vc}) {
       for (auto& h : *cache) h = f32_to_fp16(std::normal_distribution<float>(0, 1)(rng));
     }
-    auto q = random_floats(n * n_head * hd, rng), k = random_floats(n * kv_dim, rng), v = random_floats(n * kv_dim, rng);
+    auto q = random_floats(n * n_head * hd, rng), k = random_floats(n * kv_dim, rng),
+         v = random_floats(n * kv_dim, rng);
     std::vector<float> g(n * n_head * hd), c(g.size());
     auto kc_gpu = kc, vc_gpu = vc;
     if (auto r = gpu_check::attention(step, q.data(), k.data(), v.data(), kc_gpu, vc_gpu, bs, n_head, n_head_kv, hd,
@@ -220,7 +223,9 @@ int check_kernels() {
       return fail(r.error());
     }
     // the CPU: store, gather each sequence's rows in position order, then scores, softmax, accumulate
-    auto row_of = [&](const StepLayout::Seq& s, int p) { return static_cast<size_t>(s.block_table[p / bs]) * bs + p % bs; };
+    auto row_of = [&](const StepLayout::Seq& s, int p) {
+      return static_cast<size_t>(s.block_table[p / bs]) * bs + p % bs;
+    };
     for (const auto& s : step.seqs) {
       for (int t = 0; t < s.n; ++t) {
         const size_t row = row_of(s, s.pos0 + t);
@@ -275,10 +280,12 @@ int synth(const std::string& shape, const std::string& type, const std::string& 
       known = true;
     }
   }
-  if (!known) return fail(Error{ErrorKind::invalid_argument, "weight type " + type + ": expected q4_0, q4_1, q8_0, f16 or f32"});
+  if (!known)
+    return fail(Error{ErrorKind::invalid_argument, "weight type " + type + ": expected q4_0, q4_1, q8_0, f16 or f32"});
   const auto t0 = std::chrono::steady_clock::now();
   if (auto r = write_synth_gguf(*spec, path); !r) return fail(r.error());
-  std::printf("synth: %s %s: %.0f MiB in %.1f s\n", shape.c_str(), type.c_str(), synth_file_size(*spec) / double(1 << 20),
+  std::printf("synth: %s %s: %.0f MiB in %.1f s\n", shape.c_str(), type.c_str(),
+              synth_file_size(*spec) / double(1 << 20),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
@@ -290,7 +297,8 @@ int main(int argc, char** argv) {
   const std::string cmd = argc > 1 ? argv[1] : "";
   if (cmd == "synth" && argc == 5) return synth(argv[2], argv[3], argv[4]);  // needs no device
   if (cmd != "kernels" && cmd != "forward" && cmd != "bench") {
-    std::fprintf(stderr, "usage: troupe-gpu-check kernels | forward MODEL [TOKENS] | bench MODEL | synth SHAPE TYPE PATH\n");
+    std::fprintf(stderr,
+                 "usage: troupe-gpu-check kernels | forward MODEL [TOKENS] | bench MODEL | synth SHAPE TYPE PATH\n");
     return 2;
   }
   std::string why;

@@ -33,6 +33,18 @@ Expected<std::shared_ptr<const Model>> open_model(const std::string& path) {
   return Model::load(*file);
 }
 
+// One sequence's tokens at pos0 .., its block table 0, 1, 2, ...
+StepLayout one_sequence(int n, int pos0) {
+  StepLayout step;
+  StepLayout::Seq seq;
+  seq.n = n;
+  seq.pos0 = pos0;
+  for (int b = 0; b * kBlockSize < pos0 + n; ++b) seq.block_table.push_back(b);
+  step.seqs.push_back(seq);
+  step.n_tokens = n;
+  return step;
+}
+
 int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
 
 // The gap between the best and the second best logit.
@@ -75,13 +87,7 @@ class GpuModel {
   Expected<std::vector<float>> run(const std::vector<TokenId>& tokens, int pos0) {
     const ModelConfig& c = model_->config();
     const int n = static_cast<int>(tokens.size());
-    StepLayout step;
-    StepLayout::Seq seq;
-    seq.n = n;
-    seq.pos0 = pos0;
-    for (int b = 0; b * kBlockSize < pos0 + n; ++b) seq.block_table.push_back(b);
-    step.seqs.push_back(seq);
-    step.n_tokens = n;
+    const StepLayout step = one_sequence(n, pos0);
     std::vector<float> x(static_cast<size_t>(n) * c.n_embd), y(x.size()), logits(c.n_vocab);
     DeviceActivations dev{};
     bool on_device = false;
@@ -125,13 +131,7 @@ class GpuShardedModel {
   Expected<std::vector<float>> run(const std::vector<TokenId>& tokens, int pos0) {
     const ModelConfig& c = model_->config();
     const int n = static_cast<int>(tokens.size());
-    StepLayout step;
-    StepLayout::Seq seq;
-    seq.n = n;
-    seq.pos0 = pos0;
-    for (int b = 0; b * kBlockSize < pos0 + n; ++b) seq.block_table.push_back(b);
-    step.seqs.push_back(seq);
-    step.n_tokens = n;
+    const StepLayout step = one_sequence(n, pos0);
     const size_t size = static_cast<size_t>(n) * c.n_embd;
     std::vector<float> x(size), xn(size), logits(c.n_vocab);
     std::vector<std::vector<double>> partials(shards_.size(), std::vector<double>(size));
@@ -282,7 +282,8 @@ int bench(const std::string& path) {
   double weight_bytes = static_cast<double>((*model)->output().rows * (*model)->output().row_bytes);
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerWeights& L = (*model)->layer(il);
-    for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) weight_bytes += m->rows * m->row_bytes;
+    for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      weight_bytes += m->rows * m->row_bytes;
   }
   const double hbm_gbs = std::getenv("TROUPE_HBM_GBS") ? std::atof(std::getenv("TROUPE_HBM_GBS")) : 4800.0;
   std::printf("bench: %s on %s, %.0f MiB of weights per decode step, device holds %.0f MiB\n", path.c_str(),
@@ -299,12 +300,7 @@ int bench(const std::string& path) {
 
   // prefill: one sequence of 512 tokens, best of 3
   {
-    StepLayout step;
-    StepLayout::Seq seq;
-    seq.n = 512;
-    for (int b = 0; b * kBlockSize < 512; ++b) seq.block_table.push_back(b);
-    step.seqs.push_back(seq);
-    step.n_tokens = 512;
+    const StepLayout step = one_sequence(512, 0);
     const auto tokens = random_tokens(512);
     std::vector<float> logits(c.n_vocab);
     double best = INFINITY;
