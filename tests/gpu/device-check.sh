@@ -5,7 +5,8 @@
 #      forward pass on the GPU (one stage, and two stages chained) against the CPU path: max logit difference,
 #      greedy tokens equal
 #   3. speed: prefill tokens/s, decode tokens/s at batch 1, 16 and 64, batch 1 as a share of HBM bandwidth
-#   4. when the carried `troupe` runs here: `troupe batch` with --devices cpu, cuda:0 and cuda:0,cpu: equal texts
+#   4. when the carried `troupe` runs here: `troupe batch` with --devices cpu, cuda:0 and cuda:0,cpu: equal texts;
+#      `troupe bench --devices cuda:0`: the engine's prefill and decode tokens/s through the actors
 #
 #   tests/gpu/device-check.sh [BIN_DIR]
 # BIN_DIR (default .gpu-carry, made by scripts/gpu-carry.sh, else build/) holds troupe-gpu-check and optionally troupe
@@ -98,6 +99,13 @@ if [ -x "$bin/troupe" ] && "$bin/troupe" --help >/dev/null 2>&1; then
       failed=1
     fi
   done
+  # the engine's own speed through the actors (troupe bench, as llama-bench), every stage on the GPU
+  if [ $skipped -eq 0 ]; then
+    say "== engine: troupe bench --devices cuda:0 (pp512, tg128)"
+    timeout 120 "$bin/troupe" bench --model "$model" --devices cuda:0 -p 512 -n 128 -r 3 --threads 4 \
+      >"$work/engine-bench.log" 2>&1 || failed=1
+    grep -E '^\|' "$work/engine-bench.log" | tee -a "$summary"
+  fi
 else
   say "== engine: skipped (no runnable troupe in $bin)"
 fi
