@@ -58,11 +58,14 @@ void ThreadTeam::take_chunks(uint32_t generation) {
     const uint32_t left = static_cast<uint32_t>(cur);
     if (static_cast<uint32_t>(cur >> 32) != generation || left == 0) return;
     if (!next_.compare_exchange_weak(cur, cur - 1, std::memory_order_acq_rel)) continue;
-    // Holding an unfinished chunk of this task, the task cannot change: fn_, n_ and n_chunks_ are its own.
+    // Holding an unfinished chunk of this task, the task cannot change: fn_, n_ and n_chunks_ are its own. Not after
+    // the chunk is counted done, though: the caller may then return and start the next task, so the count to compare
+    // with is read before (ThreadSanitizer saw the read of n_chunks_ race with the next run's write).
+    const uint32_t n_chunks = n_chunks_;
     int64_t begin, end;
-    chunk_range(n_chunks_ - left, begin, end);
+    chunk_range(n_chunks - left, begin, end);
     if (begin < end) (*fn_)(begin, end);
-    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_chunks_) done_.notify_one();
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_chunks) done_.notify_one();
     cur = next_.load(std::memory_order_acquire);
   }
 }
