@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace troupe::cli {
@@ -140,6 +141,21 @@ Expected<int> json_int(const nlohmann::json& v, const std::string& where, int mi
   return static_cast<int>(v.get<int64_t>());
 }
 
+// A stage or group index N (as [N, N + 1)), or with `pair` a range [FIRST, LAST] (as [FIRST, LAST + 1)); 0..255.
+Expected<std::pair<int, int>> json_range(const nlohmann::json& v, const std::string& where, bool pair) {
+  if (!pair) {
+    auto n = json_int(v, where, 0, 255);
+    if (!n) return n.error();
+    return std::pair<int, int>{*n, *n + 1};
+  }
+  if (!v.is_array() || v.size() != 2) return Error{ErrorKind::invalid_argument, where + ": expected [FIRST, LAST]"};
+  auto a = json_int(v[0], where + "[0]", 0, 255);
+  if (!a) return a.error();
+  auto b = json_int(v[1], where + "[1]", *a, 255);
+  if (!b) return b.error();
+  return std::pair<int, int>{*a, *b + 1};
+}
+
 // The "placement" array: [{"stage": S | "stages": [FIRST, LAST], "group": G | "groups": [FIRST, LAST] (optional),
 // "replica": R (optional: every replica), "worker": "HOST:PORT"}, ...]; an entry without stages puts the whole
 // replica on the worker (with groups: those head groups of every stage); with groups, only those head groups'
@@ -162,36 +178,14 @@ Expected<void> apply_placement(Draft& d, const nlohmann::json& list, const std::
         r.host = hp->first;
         r.port = hp->second;
         has_worker = true;
-      } else if (key == "stage") {
-        auto s = json_int(value, where + ".stage", 0, 255);
-        if (!s) return s.error();
-        r.stage_begin = *s;
-        r.stage_end = *s + 1;
-      } else if (key == "stages") {
-        if (!value.is_array() || value.size() != 2) {
-          return Error{ErrorKind::invalid_argument, where + ".stages: expected [FIRST, LAST]"};
-        }
-        auto a = json_int(value[0], where + ".stages[0]", 0, 255);
-        if (!a) return a.error();
-        auto b = json_int(value[1], where + ".stages[1]", *a, 255);
-        if (!b) return b.error();
-        r.stage_begin = *a;
-        r.stage_end = *b + 1;
-      } else if (key == "group") {
-        auto g = json_int(value, where + ".group", 0, 255);
-        if (!g) return g.error();
-        r.group_begin = *g;
-        r.group_end = *g + 1;
-      } else if (key == "groups") {
-        if (!value.is_array() || value.size() != 2) {
-          return Error{ErrorKind::invalid_argument, where + ".groups: expected [FIRST, LAST]"};
-        }
-        auto a = json_int(value[0], where + ".groups[0]", 0, 255);
-        if (!a) return a.error();
-        auto b = json_int(value[1], where + ".groups[1]", *a, 255);
-        if (!b) return b.error();
-        r.group_begin = *a;
-        r.group_end = *b + 1;
+      } else if (key == "stage" || key == "stages") {
+        auto range = json_range(value, where + "." + key, key == "stages");
+        if (!range) return range.error();
+        std::tie(r.stage_begin, r.stage_end) = *range;
+      } else if (key == "group" || key == "groups") {
+        auto range = json_range(value, where + "." + key, key == "groups");
+        if (!range) return range.error();
+        std::tie(r.group_begin, r.group_end) = *range;
       } else if (key == "replica") {
         auto rep = json_int(value, where + ".replica", 0, 63);
         if (!rep) return rep.error();

@@ -16,38 +16,7 @@ t_start=$SECONDS
 source "$src/tests/cli/lib/dist.sh"
 cd "$tmp" || exit 1
 
-# stream URL MAX_TOKENS OUT: a streamed greedy completion (EOS ignored) into OUT, in the background; sets $cpid
-stream() {
-  curl -s -N -H 'Content-Type: application/json' \
-    --data-binary "{\"prompt\": \"Once upon a time\", \"max_tokens\": $2, \"temperature\": 0, \"stream\": true, \"ignore_eos\": true}" \
-    "$1/v1/completions" >"$3" &
-  cpid=$!
-}
-# wait_chunks FILE N: until FILE holds N data events (at most 30 s)
-wait_chunks() {
-  for _ in $(seq 300); do
-    local n
-    n=$(grep -c '^data: {' "$1" 2>/dev/null)
-    [ "${n:-0}" -ge "$2" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-# ended_within PID SECONDS: the process ends within SECONDS; prints how long it took (tenths)
-ended_within() {
-  local t
-  for t in $(seq $(($2 * 10))); do
-    kill -0 "$1" 2>/dev/null || { echo "$t"; return 0; }
-    sleep 0.1
-  done
-  return 1
-}
-
-# ---- reference: one process ----
-echo '{}' >"$tmp/local.json"
-start_serve local "$tmp/local.json" || exit 1
-complete_all "$url" "$tmp/ref"
-stop_pid "$spid"
+reference || exit 1
 
 start_worker w1 || exit 1
 wpid1=$wpid

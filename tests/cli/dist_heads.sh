@@ -20,12 +20,7 @@ source "$src/tests/cli/lib/dist.sh"
 cd "$tmp" || exit 1
 
 # ---- the reference: one process ----
-echo '{}' >"$tmp/local.json"
-start_serve local "$tmp/local.json" || exit 1
-complete_all "$url" "$tmp/ref"
-stop_pid "$spid"
-check "the reference server answered every prompt" \
-  bash -c "for f in $tmp/ref.?; do grep -q '^\"' \$f || exit 1; done"
+reference || exit 1
 
 # ---- two workers ----
 start_worker wa || exit 1
@@ -94,13 +89,6 @@ else
 fi
 
 # Placements the plan cannot have are refused at start-up with a message naming the problem.
-bad_config() {  # bad_config JSON EXPECTED_MESSAGE
-  echo "$1" >"$tmp/bad.json"
-  local out rc
-  out=$("$troupe" bench --model "$model" --config "$tmp/bad.json" -p 0 -n 1 -r 1 --no-warmup 2>&1)
-  rc=$?
-  check "refused: $1 (rc $rc: $(tail -1 <<<"$out"))" bash -c '[ "$1" -ne 0 ] && grep -qF -- "$2" <<<"$3"' _ "$rc" "$2" "$out"
-}
 bad_config '{"engine": {"tp": 3}, "placement": [{"stage": 0, "group": 3, "worker": "127.0.0.1:9"}]}' \
   "head groups 3..3 outside the plan's 0..2 (tp 3)"
 bad_config '{"engine": {"tp": 3}, "placement": [{"stage": 0, "group": 1, "worker": "127.0.0.1:9"}, {"stage": 0, "groups": [1, 2], "worker": "127.0.0.1:8"}]}' \
@@ -115,12 +103,6 @@ bad_config '{"engine": {"tp": 4}, "placement": [{"stage": 0, "group": 1, "worker
   "tensor-parallel degree 4 must be 1 .. 3"  # the model's KV heads bound the groups, placed or not
 
 # ---- kill -9 of a worker hosting a head group, mid-stream; then its return ----
-stream() {  # stream URL MAX_TOKENS OUT: a streamed greedy completion (EOS ignored) into OUT, in the background
-  curl -s -N -H 'Content-Type: application/json' \
-    --data-binary "{\"prompt\": \"Once upon a time\", \"max_tokens\": $2, \"temperature\": 0, \"stream\": true, \"ignore_eos\": true}" \
-    "$1/v1/completions" >"$3" &
-  cpid=$!
-}
 cat >"$tmp/faults.json" <<EOF
 {"engine": {"tp": 2, "replicas": 2},
  "placement": [{"replica": 0, "stage": 0, "group": 1, "worker": "$a"}],
@@ -128,12 +110,10 @@ cat >"$tmp/faults.json" <<EOF
 EOF
 start_serve faults "$tmp/faults.json" || exit 1
 stream "$url" 4000 "$tmp/stream1"  # replica 0 (both idle: the first)
-for _ in $(seq 300); do n=$(grep -c '^data: {' "$tmp/stream1" 2>/dev/null); [ "${n:-0}" -ge 5 ] && break; sleep 0.1; done
-check "the stream started" test "$(grep -c '^data: {' "$tmp/stream1")" -ge 5
+check "the stream started" wait_chunks "$tmp/stream1" 5
 kill -9 "$pid_a"
 wait "$pid_a" 2>/dev/null
-took=
-for t in $(seq 100); do kill -0 "$cpid" 2>/dev/null || { took=$t; break; }; sleep 0.1; done
+took=$(ended_within "$cpid" 10)
 echo "kill -9 of a head group's worker: the stream ended after ${took:-?} tenths of a second"
 check "the stream ended within 10 s of the kill (took ${took:-?} tenths)" test -n "$took"
 check "the stream's last event is an error naming the unavailable replica" \
@@ -159,10 +139,9 @@ complete_all "$url" "$tmp/back"
 check "greedy texts after the restart equal one process's" same_texts "$tmp/back" "$tmp/ref"
 # A worker that goes silent (SIGSTOP: connection open, no answers): the group link's step timeout (4 s here).
 stream "$url" 4000 "$tmp/stream3"
-for _ in $(seq 300); do n=$(grep -c '^data: {' "$tmp/stream3" 2>/dev/null); [ "${n:-0}" -ge 3 ] && break; sleep 0.1; done
+check "another stream started" wait_chunks "$tmp/stream3" 3
 kill -STOP "$wpid"
-took=
-for t in $(seq 200); do kill -0 "$cpid" 2>/dev/null || { took=$t; break; }; sleep 0.1; done
+took=$(ended_within "$cpid" 20)
 echo "SIGSTOP of a head group's worker: the stream ended after ${took:-?} tenths of a second"
 check "a stream on a stopped head group's worker ends within 20 s (took ${took:-?} tenths)" test -n "$took"
 check "with an error event" bash -c "grep '^data: {' '$tmp/stream3' | tail -1 | grep -q '\"error\"'"

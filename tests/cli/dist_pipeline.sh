@@ -16,12 +16,7 @@ source "$src/tests/cli/lib/dist.sh"
 cd "$tmp" || exit 1
 
 # ---- the reference: one process ----
-echo '{}' >"$tmp/local.json"
-start_serve local "$tmp/local.json" || exit 1
-complete_all "$url" "$tmp/ref"
-stop_pid "$spid"
-check "the reference server answered every prompt" \
-  bash -c "for f in $tmp/ref.?; do grep -q '^\"' \$f || exit 1; done"
+reference || exit 1
 gen=$("$troupe" generate --model "$model" --prompt "${prompts[0]}" --temp 0 -n 24 2>/dev/null)
 check "troupe generate gives the reference text ('$gen' vs $(cat "$tmp/ref.0"))" \
   test "$(jq -n -c --arg t "$gen" '$t')" = "$(cat "$tmp/ref.0")"
@@ -91,13 +86,6 @@ if start_serve f16 "$tmp/f16.json"; then
 fi
 
 # Placements the plan cannot have are refused at start-up with a message naming the problem.
-bad_config() {  # bad_config JSON EXPECTED_MESSAGE
-  echo "$1" >"$tmp/bad.json"
-  local out rc
-  out=$("$troupe" bench --model "$model" --config "$tmp/bad.json" -p 0 -n 1 -r 1 --no-warmup 2>&1)
-  rc=$?
-  check "refused: $1 (rc $rc: $(tail -1 <<<"$out"))" bash -c '[ "$1" -ne 0 ] && grep -qF -- "$2" <<<"$3"' _ "$rc" "$2" "$out"
-}
 bad_config '{"engine": {"pp": 2}, "placement": [{"stage": 2, "worker": "127.0.0.1:9"}]}' "outside the pipeline"
 bad_config '{"engine": {"pp": 2}, "placement": [{"stage": 1, "worker": "127.0.0.1:9"}, {"stage": 1, "worker": "127.0.0.1:8"}]}' \
   "placed twice"

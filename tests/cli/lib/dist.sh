@@ -109,6 +109,52 @@ same_texts() {
   return $ok
 }
 
+# reference: the texts of one process (a server with no placement) in $tmp/ref.N, checked to be texts
+reference() {
+  echo '{}' >"$tmp/local.json"
+  start_serve local "$tmp/local.json" || return 1
+  complete_all "$url" "$tmp/ref"
+  stop_pid "$spid"
+  check "the reference server answered every prompt" \
+    bash -c "for f in $tmp/ref.?; do grep -q '^\"' \$f || exit 1; done"
+}
+
+# bad_config JSON EXPECTED_MESSAGE: `troupe bench` with that config exits non-zero saying EXPECTED_MESSAGE
+bad_config() {
+  echo "$1" >"$tmp/bad.json"
+  local out rc
+  out=$("$troupe" bench --model "$model" --config "$tmp/bad.json" -p 0 -n 1 -r 1 --no-warmup 2>&1)
+  rc=$?
+  check "refused: $1 (rc $rc: $(tail -1 <<<"$out"))" bash -c '[ "$1" -ne 0 ] && grep -qF -- "$2" <<<"$3"' _ "$rc" "$2" "$out"
+}
+
+# stream URL MAX_TOKENS OUT: a streamed greedy completion (EOS ignored) into OUT, in the background; sets $cpid
+stream() {
+  curl -s -N -H 'Content-Type: application/json' \
+    --data-binary "{\"prompt\": \"Once upon a time\", \"max_tokens\": $2, \"temperature\": 0, \"stream\": true, \"ignore_eos\": true}" \
+    "$1/v1/completions" >"$3" &
+  cpid=$!
+}
+# wait_chunks FILE N: until FILE holds N data events (at most 30 s)
+wait_chunks() {
+  for _ in $(seq 300); do
+    local n
+    n=$(grep -c '^data: {' "$1" 2>/dev/null)
+    [ "${n:-0}" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+# ended_within PID SECONDS: the process ends within SECONDS; prints how long it took (tenths)
+ended_within() {
+  local t
+  for t in $(seq $(($2 * 10))); do
+    kill -0 "$1" 2>/dev/null || { echo "$t"; return 0; }
+    sleep 0.1
+  done
+  return 1
+}
+
 finish() {
   echo "$passes checks passed, $failures failed ($((SECONDS - t_start)) s)"
   [ "$failures" -eq 0 ]
