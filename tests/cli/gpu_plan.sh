@@ -8,13 +8,7 @@
 set -u
 troupe=$(realpath "$1")
 model=$(realpath "$2")/models/SmolLM2-135M-Instruct.Q4_1.gguf
-passes=0
-failures=0
-check() {  # check DESCRIPTION COMMAND...: runs the command, counts a pass or a failure
-  local what=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $what"; failures=$((failures + 1)); fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib/check.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp" || exit 1

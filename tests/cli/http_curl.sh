@@ -11,13 +11,7 @@ src=$(realpath "$2")
 model=$src/models/SmolLM2-135M-Instruct.Q4_1.gguf
 mid=SmolLM2-135M-Instruct.Q4_1
 sse_check="python3 $src/tests/http/sse_check.py"
-passes=0
-failures=0
-check() {  # check DESCRIPTION COMMAND...: runs the command, counts a pass or a failure
-  local what=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $what"; failures=$((failures + 1)); fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib/check.sh"
 tmp=$(mktemp -d)
 pids=()
 cleanup() {

@@ -1,14 +1,8 @@
 # Helpers for the distributed tests (tests/cli/dist_*.sh), sourced after `troupe`, `model` and `tmp` are set:
 # workers and servers on loopback with free ports, completions, checks. Every process started here is killed (by
 # its pid) when the test exits.
-passes=0
-failures=0
+source "$(dirname "${BASH_SOURCE[0]}")/check.sh"
 pids=()
-check() {  # check DESCRIPTION COMMAND...: runs the command, counts a pass or a failure
-  local what=$1
-  shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $what"; failures=$((failures + 1)); fi
-}
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   rm -rf "$tmp"
