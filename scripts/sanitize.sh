@@ -24,7 +24,7 @@ t0=$(date +%s)
 
 cmake -S . -B "$build" -DTROUPE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   >/dev/null
-cmake --build "$build" --target troupe troupe_tests -j "${SANITIZE_JOBS:-$(nproc)}"
+cmake --build "$build" --target troupe troupe_tests troupe-gpu-check -j "${SANITIZE_JOBS:-$(nproc)}"
 t1=$(date +%s)
 scripts/fetch-model.sh >/dev/null
 
